@@ -23,8 +23,9 @@ from .train import load_samples, mean_std, pick_device, seg_loss
 
 def _step_fn(cfg: Config, device: torch.device):
     m = cfg.model
-    model = build_model(cfg.task, m.arch, cfg.data.image_size, m.pretrained, m.dropout, 0,
-                        m.width).to(device)
+    model = build_model(
+        cfg.task, m.arch, cfg.data.image_size, m.pretrained, m.dropout, 0, m.width
+    ).to(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -73,17 +74,21 @@ def bench(cfg: Config, steps: int = 30, warmup: int = 5, with_data: bool = True)
         y = torch.randint(0, 2, (bs, size, size), dtype=torch.uint8)
     x, y = x.to(device), y.to(device)
     result = {
-        "arch": cfg.model.arch, "task": cfg.task, "image_size": size, "batch_size": bs,
+        "arch": cfg.model.arch,
+        "task": cfg.task,
+        "image_size": size,
+        "batch_size": bs,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "amp_bf16": device.type == "cuda" and cfg.train.amp,
-        "synthetic_img_per_s": _time(step, ((x, y) for _ in range(steps + warmup)), device,
-                                     warmup),
+        "threads": torch.get_num_threads(),
+        "amp_bf16": device.type == "cuda" and cfg.train.amp,
+        "synthetic_img_per_s": _time(step, ((x, y) for _ in range(steps + warmup)), device, warmup),
     }
     if with_data:
         samples = load_samples(cfg)
         mean, std = mean_std(cfg)
-        loader = make_loader(LesionDataset(samples, cfg, model_steps(cfg, mean, std), True), cfg,
-                             True)
+        loader = make_loader(
+            LesionDataset(samples, cfg, model_steps(cfg, mean, std), True), cfg, True
+        )
 
         def batches():
             done = 0

@@ -52,34 +52,65 @@ def cmd_evaluate(args) -> None:
     if cfg.task == "classification":
         masks = cfg.data.lesion_crop.masks_dir
         rep = evaluate_classification(
-            fn, samples, ckpt["steps"], float(ckpt.get("temperature", 1.0)), out,
-            tta=not args.no_tta, masks_dir=Path(masks) if cfg.data.lesion_crop.enabled and masks
-            else None)
-        print(f"{len(samples)} images: BMA {rep['balanced_accuracy']:.4f} "
-              f"(95% CI {rep['balanced_accuracy_ci95'][0]:.3f}-"
-              f"{rep['balanced_accuracy_ci95'][1]:.3f}), melanoma AUC "
-              f"{rep['melanoma']['auc']:.4f}, ECE {rep['ece']:.4f}; predictions in "
-              f"{out / 'predictions.csv'}")
+            fn,
+            samples,
+            ckpt["steps"],
+            float(ckpt.get("temperature", 1.0)),
+            out,
+            tta=not args.no_tta,
+            masks_dir=Path(masks) if cfg.data.lesion_crop.enabled and masks else None,
+        )
+        print(
+            f"{len(samples)} images: BMA {rep['balanced_accuracy']:.4f} "
+            f"(95% CI {rep['balanced_accuracy_ci95'][0]:.3f}-"
+            f"{rep['balanced_accuracy_ci95'][1]:.3f}), melanoma AUC "
+            f"{rep['melanoma']['auc']:.4f}, ECE {rep['ece']:.4f}; predictions in "
+            f"{out / 'predictions.csv'}"
+        )
     else:
         rep = evaluate_segmentation(fn, samples, ckpt["steps"], out)
-        print(f"{len(samples)} images: thresholded Jaccard {rep['thresholded_jaccard']:.4f}, "
-              f"Jaccard {rep['jaccard']:.4f}, Dice {rep['dice']:.4f}")
+        print(
+            f"{len(samples)} images: thresholded Jaccard {rep['thresholded_jaccard']:.4f}, "
+            f"Jaccard {rep['jaccard']:.4f}, Dice {rep['dice']:.4f}"
+        )
 
 
 def cmd_export(args) -> None:
     from .export import export
 
-    export(Path(args.checkpoint), Path(args.out), args.name, args.version,
-           [Path(p) for p in args.reference], data_root=args.data or "", int8=not args.no_int8,
-           allow_int8_drift=args.allow_int8_drift, eval_split=args.split)
+    export(
+        Path(args.checkpoint),
+        Path(args.out),
+        args.name,
+        args.version,
+        [Path(p) for p in args.reference],
+        data_root=args.data or "",
+        int8=not args.no_int8,
+        allow_int8_drift=args.allow_int8_drift,
+        eval_split=args.split,
+    )
 
 
 def cmd_score(args) -> None:
     from .evaluate import score_csv
 
     rep = score_csv(Path(args.predictions), Path(args.truth), Path(args.out))
-    print(json.dumps({k: rep[k] for k in ("n", "balanced_accuracy", "balanced_accuracy_ci95",
-                                          "mean_auc", "ece", "melanoma")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: rep[k]
+                for k in (
+                    "n",
+                    "balanced_accuracy",
+                    "balanced_accuracy_ci95",
+                    "mean_auc",
+                    "ece",
+                    "melanoma",
+                )
+            },
+            indent=2,
+        )
+    )
 
 
 def cmd_pack(args) -> None:
@@ -127,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def with_config(sp):
         sp.add_argument("--config", help="YAML config (defaults when omitted)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.epochs=5")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.epochs=5",
+        )
 
     sp = sub.add_parser("train", help="train a classifier or segmenter")
     with_config(sp)
@@ -152,11 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--version", required=True)
     sp.add_argument("--reference", nargs="*", default=[], help="sample images for references")
     sp.add_argument("--data", help="dataset root, when not where the run found it")
-    sp.add_argument("--split", default="val", choices=["val", "test"],
-                    help="split the manifest's metrics are measured on")
+    sp.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "test"],
+        help="split the manifest's metrics are measured on",
+    )
     sp.add_argument("--no-int8", action="store_true")
-    sp.add_argument("--allow-int8-drift", action="store_true",
-                    help="write the int8 model even when it disagrees with float on >1%%")
+    sp.add_argument(
+        "--allow-int8-drift",
+        action="store_true",
+        help="write the int8 model even when it disagrees with float on >1%%",
+    )
     sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("score", help="score an ISIC-format predictions CSV")

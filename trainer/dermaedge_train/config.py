@@ -59,7 +59,7 @@ class Data:
     masks: str = ""
     metadata: str = ""
     require_all_classes: bool = True
-    limit: int = 0  # use only the first N samples (smoke runs); 0 = all
+    limit: int = 0  # use a seeded random subset of N samples (smoke runs); 0 = all
     val_fraction: float = 0.15
     test_fraction: float = 0.0
     holdout_source: str = ""  # leave-one-source-out: this `source` becomes the test split
@@ -160,9 +160,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(
-                f"{prefix}{key}: unknown key (known: {', '.join(fields)})"
-            )
+            raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(fields)})")
         f = fields[key]
         has_factory = f.default_factory is not dataclasses.MISSING
         default = f.default_factory() if has_factory else f.default
@@ -214,15 +212,27 @@ def validate(cfg: Config) -> None:
         (0 < d.val_fraction < 1, "data.val_fraction", "between 0 and 1"),
         (0 <= d.test_fraction < 1 - d.val_fraction, "data.test_fraction", "in [0, 1 - val)"),
         (d.image_size >= 32 and d.image_size % 32 == 0, "data.image_size", "a multiple of 32"),
-        (d.balance in ("weighted_loss", "sampler", "none"), "data.balance",
-         "weighted_loss, sampler or none"),
-        (0 < d.augment.scale[0] <= d.augment.scale[1] <= 1, "data.augment.scale",
-         "two numbers 0 < lo <= hi <= 1"),
-        (len(d.augment.scale) == 2 and len(d.augment.ratio) == 2, "data.augment",
-         "scale and ratio as [lo, hi]"),
+        (
+            d.balance in ("weighted_loss", "sampler", "none"),
+            "data.balance",
+            "weighted_loss, sampler or none",
+        ),
+        (
+            0 < d.augment.scale[0] <= d.augment.scale[1] <= 1,
+            "data.augment.scale",
+            "two numbers 0 < lo <= hi <= 1",
+        ),
+        (
+            len(d.augment.scale) == 2 and len(d.augment.ratio) == 2,
+            "data.augment",
+            "scale and ratio as [lo, hi]",
+        ),
         (d.mean is None or len(d.mean) == 3, "data.mean", "three numbers"),
-        (d.std is None or (len(d.std) == 3 and min(d.std) > 0), "data.std",
-         "three positive numbers"),
+        (
+            d.std is None or (len(d.std) == 3 and min(d.std) > 0),
+            "data.std",
+            "three positive numbers",
+        ),
         (d.lesion_crop.margin >= 0, "data.lesion_crop.margin", ">= 0"),
         (d.color_constancy.p >= 1, "data.color_constancy.p", ">= 1"),
         (t.epochs >= 1, "train.epochs", ">= 1"),

@@ -242,9 +242,7 @@ def _image_path(folder: Path, name: str, csv_path: Path, row: int) -> Path:
 
 def _label(value: str, csv_path: Path, row: int) -> int:
     if value not in CLASS_INDEX:
-        raise DataError(
-            f"{csv_path} row {row}: label {value!r} is not one of {', '.join(CLASSES)}"
-        )
+        raise DataError(f"{csv_path} row {row}: label {value!r} is not one of {', '.join(CLASSES)}")
     return CLASS_INDEX[value]
 
 
@@ -280,7 +278,9 @@ def read_isic2019(gt_csv: Path, images: Path, metadata_csv: Path | None = None) 
             raise DataError(f"{gt_csv} row {i}: class columns must be numbers ({e})") from e
         hot = [c for c, v in onehot.items() if v >= 0.5]
         if unk >= 0.5:
-            raise DataError(f"{gt_csv} row {i}: image {r['image']} is UNK, not one of the 8 classes")
+            raise DataError(
+                f"{gt_csv} row {i}: image {r['image']} is UNK, not one of the 8 classes"
+            )
         if len(hot) != 1:
             raise DataError(
                 f"{gt_csv} row {i}: image {r['image']} must have exactly one class set, has "
@@ -370,7 +370,9 @@ def load_segmentation(
             layout = "isic2018"
     if layout == "simple":
         base = root / "seg" if (root / "seg" / "pairs.csv").exists() else root
-        samples = read_simple_seg(base / "pairs.csv", images or base / "images", masks or base / "masks")
+        samples = read_simple_seg(
+            base / "pairs.csv", images or base / "images", masks or base / "masks"
+        )
     elif layout == "isic2018":
         imgs = images or _first_dir(root, ("ISIC2018_Task1-2_Training_Input", "images"))
         msks = masks or _first_dir(root, ("ISIC2018_Task1_Training_GroundTruth", "masks"))

@@ -70,11 +70,19 @@ class _Preprocessed(Dataset):
         return torch.from_numpy(preprocess.apply_steps(img, self.steps, mask)[0]), i
 
 
-def classify(fn: LogitsFn, samples: list, steps: list, tta: bool = True,
-             masks_dir: Path | None = None, workers: int = 2, batch: int = 32) -> np.ndarray:
+def classify(
+    fn: LogitsFn,
+    samples: list,
+    steps: list,
+    tta: bool = True,
+    masks_dir: Path | None = None,
+    workers: int = 2,
+    batch: int = 32,
+) -> np.ndarray:
     """Logits for `samples` (mean over identity and horizontal flip when `tta`)."""
-    loader = DataLoader(_Preprocessed(samples, steps, masks_dir), batch_size=batch,
-                        num_workers=workers)
+    loader = DataLoader(
+        _Preprocessed(samples, steps, masks_dir), batch_size=batch, num_workers=workers
+    )
     out = np.zeros((len(samples), len(CLASSES)), np.float32)
     for x, idx in loader:
         x = x.numpy()
@@ -101,13 +109,15 @@ def write_truth(path: Path, image_ids: list[str], labels: np.ndarray) -> None:
             w.writerow([image_id, *("1.0" if c == y else "0.0" for c in range(len(CLASSES)))])
 
 
-def report_classification(y: np.ndarray, probs: np.ndarray, out_dir: Path,
-                          mel_specificity: float = 0.72) -> dict:
+def report_classification(
+    y: np.ndarray, probs: np.ndarray, out_dir: Path, mel_specificity: float = 0.72
+) -> dict:
     """Metrics with bootstrap intervals, and the figures, into out_dir."""
     rep = metrics.classification_report(y, probs, mel_specificity)
     pred = probs.argmax(axis=1)
     rep["balanced_accuracy_ci95"] = metrics.bootstrap_ci(
-        y, lambda i: metrics.balanced_accuracy(y[i], pred[i]))
+        y, lambda i: metrics.balanced_accuracy(y[i], pred[i])
+    )
     mel = metrics.MEL
     if 0 < (y == mel).sum() < len(y):
         from sklearn.metrics import roc_auc_score
@@ -125,9 +135,16 @@ def report_classification(y: np.ndarray, probs: np.ndarray, out_dir: Path,
     return rep
 
 
-def evaluate_classification(fn: LogitsFn, samples: list[ClsSample], steps: list,
-                            temperature: float, out_dir: Path, tta: bool = True,
-                            masks_dir: Path | None = None, workers: int = 2) -> dict:
+def evaluate_classification(
+    fn: LogitsFn,
+    samples: list[ClsSample],
+    steps: list,
+    temperature: float,
+    out_dir: Path,
+    tta: bool = True,
+    masks_dir: Path | None = None,
+    workers: int = 2,
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     logits = classify(fn, samples, steps, tta, masks_dir, workers)
     probs = metrics.softmax(logits, temperature)
@@ -149,17 +166,20 @@ def segment_full(fn: LogitsFn, img: np.ndarray, steps: list, threshold: float = 
     for s in steps:
         if s["op"] == "crop_border":
             box = preprocess.crop_border_box(
-                img, s["luma_threshold"], s["min_bright_fraction"], s["min_keep"])
+                img, s["luma_threshold"], s["min_bright_fraction"], s["min_keep"]
+            )
     t, b, left, r = box
-    up = np.asarray(Image.fromarray(prob.astype(np.float32), mode="F").resize(
-        (r - left, b - t), Image.BILINEAR))
+    up = np.asarray(
+        Image.fromarray(prob.astype(np.float32), mode="F").resize((r - left, b - t), Image.BILINEAR)
+    )
     mask = np.zeros(img.shape[:2], np.uint8)
     mask[t:b, left:r] = up > threshold
     return mask
 
 
-def evaluate_segmentation(fn: LogitsFn, samples: list, steps: list, out_dir: Path,
-                          threshold: float = 0.5, worst: int = 8) -> dict:
+def evaluate_segmentation(
+    fn: LogitsFn, samples: list, steps: list, out_dir: Path, threshold: float = 0.5, worst: int = 8
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for s in samples:
@@ -170,12 +190,17 @@ def evaluate_segmentation(fn: LogitsFn, samples: list, steps: list, out_dir: Pat
     rep = metrics.segmentation_report([r[0] for r in rows], [r[1] for r in rows])
     j = np.array([r[0] for r in rows])
     rep["thresholded_jaccard_ci95"] = metrics.bootstrap_ci(
-        j, lambda i: float(np.where(j[i] < 0.65, 0, j[i]).mean()))
+        j, lambda i: float(np.where(j[i] < 0.65, 0, j[i]).mean())
+    )
     rep["per_image"] = {r[2].image_id: round(r[0], 4) for r in rows}
     for jac, _, s in sorted(rows, key=lambda r: r[0])[:worst]:
         img = load_rgb(s.image)
-        plots.overlay(img, load_mask(s.mask, img.shape[:2]), segment_full(fn, img, steps, threshold),
-                      out_dir / f"worst_{jac:.3f}_{s.image_id}.png")
+        plots.overlay(
+            img,
+            load_mask(s.mask, img.shape[:2]),
+            segment_full(fn, img, steps, threshold),
+            out_dir / f"worst_{jac:.3f}_{s.image_id}.png",
+        )
     (out_dir / "metrics.json").write_text(json.dumps(metrics.json_safe(rep), indent=2))
     return rep
 
@@ -214,4 +239,3 @@ def score_csv(pred_csv: Path, truth: dict[str, int] | Path, out_dir: Path) -> di
 
 def labels_of(samples: list[ClsSample]) -> dict[str, int]:
     return {s.image_id: s.label for s in samples}
-

@@ -33,11 +33,9 @@ from . import __version__, metrics, preprocess
 from .config import Config, config_from_dict
 from .data import CLASSES, load_rgb
 from .evaluate import (
-    classify,
     evaluate_classification,
     evaluate_segmentation,
     onnx_logits_fn,
-    segment_full,
 )
 from .models import build_model
 from .splits import select
@@ -52,7 +50,7 @@ INT8_MIN_AGREEMENT = 0.99
 
 DATA_LICENSES = {
     "default": "HAM10000 images: CC BY-NC 4.0 (Tschandl et al. 2018); ISIC archive images: "
-               "CC-0 / CC-BY per the ISIC Archive",
+    "CC-0 / CC-BY per the ISIC Archive",
 }
 WEIGHTS_LICENSE = "CC BY-NC 4.0 (trained on HAM10000: non-commercial use only)"
 
@@ -114,8 +112,15 @@ def check_domains(path: Path) -> None:
 def export_onnx(model: torch.nn.Module, size: int, path: Path, output_name: str) -> None:
     dummy = torch.zeros(1, 3, size, size)
     raw = path.with_suffix(".raw.onnx")
-    torch.onnx.export(model, (dummy,), str(raw), input_names=["input"],
-                      output_names=[output_name], opset_version=OPSET, dynamo=False)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(raw),
+        input_names=["input"],
+        output_names=[output_name],
+        opset_version=OPSET,
+        dynamo=False,
+    )
     try:
         fold_constants(raw, path)
     finally:
@@ -150,6 +155,7 @@ def quantize_int8(float_path: Path, int8_path: Path, calib: list[np.ndarray]) ->
         QuantType,
         quantize_static,
     )
+
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.it = iter(calib)
@@ -160,9 +166,16 @@ def quantize_int8(float_path: Path, int8_path: Path, calib: list[np.ndarray]) ->
 
     raw = int8_path.with_suffix(".raw.onnx")
     try:
-        quantize_static(str(float_path), str(raw), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS)
+        quantize_static(
+            str(float_path),
+            str(raw),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=QUANTIZED_OPS,
+        )
         save_without_unused_opsets(onnx.load(str(raw)), int8_path)
     finally:
         raw.unlink(missing_ok=True)
@@ -175,10 +188,19 @@ def _probs(logits: np.ndarray, task: str) -> np.ndarray:
     return 1 / (1 + np.exp(-logits.astype(np.float64)))
 
 
-def export(ckpt_path: Path, out_dir: Path, name: str, version: str,
-           reference_images: list[Path], data_root: str = "", int8: bool = True,
-           parity_images: int = 32, calib_images: int = 64, allow_int8_drift: bool = False,
-           eval_split: str = "val") -> list[Path]:
+def export(
+    ckpt_path: Path,
+    out_dir: Path,
+    name: str,
+    version: str,
+    reference_images: list[Path],
+    data_root: str = "",
+    int8: bool = True,
+    parity_images: int = 32,
+    calib_images: int = 64,
+    allow_int8_drift: bool = False,
+    eval_split: str = "val",
+) -> list[Path]:
     """Export float32 (and int8) ONNX + manifests + reference outputs; returns manifest paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,8 +218,11 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str,
     train_set = select(samples, assign, "train")
     if not held_out:
         raise ExportError(f"the {eval_split} split is empty: nothing to check the export on")
-    masks_dir = Path(cfg.data.lesion_crop.masks_dir) if (
-        is_cls and cfg.data.lesion_crop.enabled and cfg.data.lesion_crop.masks_dir) else None
+    masks_dir = (
+        Path(cfg.data.lesion_crop.masks_dir)
+        if (is_cls and cfg.data.lesion_crop.enabled and cfg.data.lesion_crop.masks_dir)
+        else None
+    )
 
     def inputs(subset: list) -> list[np.ndarray]:
         out = []
@@ -225,8 +250,10 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str,
     ort_out = np.concatenate([ort_f32(x) for x in parity_x])
     diff = float(np.abs(_probs(torch_out, task) - _probs(ort_out, task)).max())
     if diff >= FLOAT_TOLERANCE:
-        raise ExportError(f"{f32}: PyTorch and onnxruntime probabilities differ by {diff:.2e} "
-                          f"(limit {FLOAT_TOLERANCE:g})")
+        raise ExportError(
+            f"{f32}: PyTorch and onnxruntime probabilities differ by {diff:.2e} "
+            f"(limit {FLOAT_TOLERANCE:g})"
+        )
     print(f"parity float32: max |dp| = {diff:.2e} over {len(parity_x)} images")
     variants = [("float32", f32, {"max_abs_diff_vs_pytorch": diff})]
 
@@ -243,9 +270,11 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str,
             what = "mask agreement"
         print(f"parity int8: {what} {agreement:.4f} over {len(parity_x)} images")
         if agreement < INT8_MIN_AGREEMENT and not allow_int8_drift:
-            raise ExportError(f"{q}: int8 {what} with float is {agreement:.2%} "
-                              f"(< {INT8_MIN_AGREEMENT:.0%}); calibrate on more images or ship "
-                              "float32 only")
+            raise ExportError(
+                f"{q}: int8 {what} with float is {agreement:.2%} "
+                f"(< {INT8_MIN_AGREEMENT:.0%}); calibrate on more images or ship "
+                "float32 only"
+            )
         variants.append(("int8", q, {what.replace(" ", "_") + "_vs_float32": agreement}))
 
     ref_dir = out_dir / "reference" / name
@@ -256,10 +285,20 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str,
         eval_dir = out_dir / "eval" / path.stem
         temperature = float(ckpt.get("temperature", 1.0))
         if is_cls:
-            rep = evaluate_classification(fn, held_out, steps, temperature, eval_dir,
-                                          tta=cfg.train.tta, masks_dir=masks_dir)
-            summary = {k: rep[k] for k in ("n", "balanced_accuracy", "balanced_accuracy_ci95",
-                                           "accuracy", "mean_auc", "ece")}
+            rep = evaluate_classification(
+                fn, held_out, steps, temperature, eval_dir, tta=cfg.train.tta, masks_dir=masks_dir
+            )
+            summary = {
+                k: rep[k]
+                for k in (
+                    "n",
+                    "balanced_accuracy",
+                    "balanced_accuracy_ci95",
+                    "accuracy",
+                    "mean_auc",
+                    "ece",
+                )
+            }
             summary["melanoma"] = rep["melanoma"]
             summary["per_class"] = rep["per_class"]
         else:
@@ -267,8 +306,9 @@ def export(ckpt_path: Path, out_dir: Path, name: str, version: str,
             summary = {k: v for k, v in rep.items() if k != "per_image"}
         summary["split"] = eval_split
         summary["parity"] = parity
-        manifest = _manifest(cfg, ckpt, name, version, precision, path, steps, summary, rep,
-                             train_set)
+        manifest = _manifest(
+            cfg, ckpt, name, version, precision, path, steps, summary, rep, train_set
+        )
         manifest["reference"] = f"{path.stem}.reference.json"
         write_reference(path, fn, reference_images, steps, ref_dir, out_dir, task)
         manifest = metrics.json_safe(manifest)
@@ -297,12 +337,20 @@ def _manifest(cfg, ckpt, name, version, precision, path, steps, summary, rep, tr
         "file": path.name,
         "sha256": sha256(path),
         "opset": OPSET,
-        "input": {"name": "input", "shape": [1, 3, size, size], "layout": "NCHW",
-                  "color": "RGB", "dtype": "float32"},
+        "input": {
+            "name": "input",
+            "shape": [1, 3, size, size],
+            "layout": "NCHW",
+            "color": "RGB",
+            "dtype": "float32",
+        },
         "preprocessing": steps,
-        "output": {"name": "logits",
-                   "shape": [1, len(CLASSES)] if is_cls else [1, 1, size, size],
-                   "kind": "logits", "activation": "softmax" if is_cls else "sigmoid"},
+        "output": {
+            "name": "logits",
+            "shape": [1, len(CLASSES)] if is_cls else [1, 1, size, size],
+            "kind": "logits",
+            "activation": "softmax" if is_cls else "sigmoid",
+        },
         "license": WEIGHTS_LICENSE,
         "training": {
             "data": f"{cfg.data.root} ({cfg.data.layout} layout)",
@@ -316,20 +364,25 @@ def _manifest(cfg, ckpt, name, version, precision, path, steps, summary, rep, tr
     }
     if is_cls:
         m["classes"] = list(CLASSES)
-        m["calibration"] = {"temperature": float(ckpt.get("temperature", 1.0)),
-                            "fitted_on": "validation split, NLL"}
+        m["calibration"] = {
+            "temperature": float(ckpt.get("temperature", 1.0)),
+            "fitted_on": "validation split, NLL",
+        }
         m["tta"] = {"horizontal_flip": bool(cfg.train.tta)}
         mel = rep["melanoma"]
         threshold = mel["threshold"] if np.isfinite(mel["threshold"]) else 0.5
-        m["decision"] = {"melanoma_threshold": float(threshold),
-                         "melanoma_target_specificity": float(mel["target_specificity"])}
+        m["decision"] = {
+            "melanoma_threshold": float(threshold),
+            "melanoma_target_specificity": float(mel["target_specificity"]),
+        }
     else:
         m["decision"] = {"mask_threshold": 0.5}
     return m
 
 
-def write_reference(model_path: Path, fn, images: list[Path], steps: list, ref_dir: Path,
-                    out_dir: Path, task: str) -> None:
+def write_reference(
+    model_path: Path, fn, images: list[Path], steps: list, ref_dir: Path, out_dir: Path, task: str
+) -> None:
     """Reference inputs (exact uint8 PNGs before normalize) and onnxruntime outputs."""
     cases = []
     norm = steps[-1]
@@ -341,8 +394,11 @@ def write_reference(model_path: Path, fn, images: list[Path], steps: list, ref_d
         Image.fromarray(pre).save(png)
         x = preprocess.normalize(pre, norm["mean"], norm["std"])
         logits = fn(x)
-        case = {"image": Path(image).name, "input": str(png.relative_to(out_dir)),
-                "output_shape": list(logits.shape)}
+        case = {
+            "image": Path(image).name,
+            "input": str(png.relative_to(out_dir)),
+            "output_shape": list(logits.shape),
+        }
         if task == "classification":
             case["output"] = [float(v) for v in logits.ravel()]
         else:
@@ -354,8 +410,10 @@ def write_reference(model_path: Path, fn, images: list[Path], steps: list, ref_d
             Image.fromarray(((logits[0, 0] > 0) * 255).astype(np.uint8)).save(mask_png)
             case["mask"] = str(mask_png.relative_to(out_dir))
         cases.append(case)
-    doc = {"model": model_path.name, "sha256": sha256(model_path), "tolerance":
-           {"probability_max_abs_diff": FLOAT_TOLERANCE, "int8_mask_agreement": 0.99},
-           "cases": cases}
+    doc = {
+        "model": model_path.name,
+        "sha256": sha256(model_path),
+        "tolerance": {"probability_max_abs_diff": FLOAT_TOLERANCE, "int8_mask_agreement": 0.99},
+        "cases": cases,
+    }
     model_path.with_suffix(".reference.json").write_text(json.dumps(doc, indent=1) + "\n")
-

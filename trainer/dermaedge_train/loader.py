@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from . import preprocess
 from .config import Config
-from .data import ClsSample, DataError, SegSample, load_mask, load_rgb
+from .data import DataError, SegSample, load_mask, load_rgb
 
 
 def model_steps(cfg: Config, mean: tuple, std: tuple) -> list[preprocess.Step]:
@@ -166,8 +166,14 @@ class WeightedDistributedSampler(Sampler[int]):
         return self.num
 
 
-def make_loader(ds: LesionDataset, cfg: Config, train: bool, rank: int = 0, world: int = 1,
-                class_weights: torch.Tensor | None = None) -> DataLoader:
+def make_loader(
+    ds: LesionDataset,
+    cfg: Config,
+    train: bool,
+    rank: int = 0,
+    world: int = 1,
+    class_weights: torch.Tensor | None = None,
+) -> DataLoader:
     sampler = None
     if train and cfg.data.balance == "sampler" and class_weights is not None:
         labels = torch.tensor([s.label for s in ds.samples])
@@ -207,17 +213,19 @@ class BatchAugment:
             x = _dihedral(x, k)
             if mask is not None:
                 mask = _dihedral(mask[:, None], k)[:, 0]
+
         def factor(strength: float) -> torch.Tensor:
             u = torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1
             return 1 + strength * u
+
         if self.a.brightness:
             x = x * factor(self.a.brightness)
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         if self.a.contrast:
             m = gray.mean(dim=(2, 3), keepdim=True)
             x = (x - m) * factor(self.a.contrast) + m
         if self.a.saturation:
-            gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
             x = (x - gray) * factor(self.a.saturation) + gray
         x = (x.clamp(0, 1) - self.mean) / self.std
         return x, mask

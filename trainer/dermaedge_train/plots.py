@@ -27,8 +27,15 @@ def confusion(cm: list[list[int]], path: Path) -> None:
     ax.set_ylabel("true")
     for i in range(len(CLASSES)):
         for j in range(len(CLASSES)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_title("confusion matrix (row-normalised colour, counts)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -18,7 +18,7 @@ Steps:
   the height or the width, or nothing, the image is left whole (a dark frame is the quality
   gate's business, not the crop's).
 - ``lesion_crop`` (needs a mask): a square around the mask's bounding box, side
-  ``max(w, h) * (1 + 2 * margin)``, centred on the box, shifted to lie inside the image and
+  ``floor(max(w, h) * (1 + 2 * margin) + 0.5)``, centred on the box, shifted to lie inside the image and
   clipped to it. Without lesion pixels the image is left whole.
 - ``resize``: to ``width`` x ``height`` with a triangle (bilinear) filter whose support scales
   with the reduction (PIL ``BILINEAR``; the ``image`` crate's ``FilterType::Triangle``).
@@ -67,7 +67,7 @@ def lesion_box(mask: np.ndarray, margin: float = 0.25) -> tuple[int, int, int, i
     if ys.size == 0:
         return None
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    side = round(max(y1 - y0, x1 - x0) * (1 + 2 * margin))
+    side = math.floor(max(y1 - y0, x1 - x0) * (1 + 2 * margin) + 0.5)  # round half up
     side = max(1, min(side, h, w))
     cy2, cx2 = y0 + y1, x0 + x1  # twice the centre, to stay in integers
     top = min(max((cy2 - side) // 2, 0), h - side)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from pathlib import Path
 
@@ -35,16 +36,24 @@ from .splits import load_split, make_split, save_split, select
 
 def load_samples(cfg: Config) -> list:
     d = cfg.data
-    opt = {k: Path(v) for k, v in (("images", d.images), ("masks", d.masks),
-                                    ("metadata", d.metadata)) if v}
+    opt = {
+        k: Path(v)
+        for k, v in (("images", d.images), ("masks", d.masks), ("metadata", d.metadata))
+        if v
+    }
     if cfg.task == "classification":
         opt.pop("masks", None)
-        samples = load_classification(Path(d.root), d.layout,
-                                      require_all_classes=d.require_all_classes, **opt)
+        samples = load_classification(
+            Path(d.root), d.layout, require_all_classes=d.require_all_classes, **opt
+        )
     else:
         opt.pop("metadata", None)
         samples = load_segmentation(Path(d.root), d.layout, **opt)
-    return samples[: d.limit] if d.limit else samples
+    if d.limit and d.limit < len(samples):
+        # A seeded random subset (for smoke runs), in the dataset's order.
+        keep = sorted(random.Random(d.seed).sample(range(len(samples)), d.limit))
+        samples = [samples[i] for i in keep]
+    return samples
 
 
 def split_samples(cfg: Config, samples: list, out_dir: Path | None, rank: int = 0) -> dict:
@@ -113,23 +122,29 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
     steps = model_steps(cfg, mean, std)
     is_cls = cfg.task == "classification"
     weights = class_weights(train_set) if is_cls else None
-    train_loader = make_loader(LesionDataset(train_set, cfg, steps, True), cfg, True, rank, world,
-                               weights)
+    train_loader = make_loader(
+        LesionDataset(train_set, cfg, steps, True), cfg, True, rank, world, weights
+    )
     val_loader = make_loader(LesionDataset(val_set, cfg, steps, False), cfg, False)
     augment = BatchAugment(cfg, mean, std, device)
 
     # Model, loss, optimiser, schedule (linear warm-up, cosine decay, per step).
     m = cfg.model
-    model = build_model(cfg.task, m.arch, cfg.data.image_size, m.pretrained, m.dropout, m.freeze,
-                        m.width).to(device)
+    model = build_model(
+        cfg.task, m.arch, cfg.data.image_size, m.pretrained, m.dropout, m.freeze, m.width
+    ).to(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    net = DistributedDataParallel(model, [local_rank] if device.type == "cuda" else None) \
-        if world > 1 else model
+    net = (
+        DistributedDataParallel(model, [local_rank] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
     if is_cls:
         loss_weights = weights.to(device) if cfg.data.balance == "weighted_loss" else None
-        criterion = nn.CrossEntropyLoss(weight=loss_weights,
-                                        label_smoothing=cfg.train.label_smoothing)
+        criterion = nn.CrossEntropyLoss(
+            weight=loss_weights, label_smoothing=cfg.train.label_smoothing
+        )
     else:
         criterion = seg_loss
     params = [p for p in model.parameters() if p.requires_grad]
@@ -138,8 +153,9 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
     warmup = max(1, int(cfg.train.warmup_epochs * len(train_loader)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / warmup)
-        * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))),
+        lambda s: (
+            min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
+        ),
     )
     autocast = device.type == "cuda" and cfg.train.amp
 
@@ -158,22 +174,45 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
         for ds_or_sampler in (train_loader.sampler, train_loader.dataset):
             if hasattr(ds_or_sampler, "set_epoch"):
                 ds_or_sampler.set_epoch(epoch)
-        stats = train_one_epoch(net, train_loader, augment, criterion, optimizer, scheduler,
-                                device, memory_format, autocast, epoch, cfg, rank)
+        stats = train_one_epoch(
+            net,
+            train_loader,
+            augment,
+            criterion,
+            optimizer,
+            scheduler,
+            device,
+            memory_format,
+            autocast,
+            epoch,
+            cfg,
+            rank,
+        )
         if rank == 0:
-            logits, targets = predict(model, val_loader, augment, device, memory_format,
-                                      autocast, is_cls, cfg.train.tta)
+            logits, targets = predict(
+                model, val_loader, augment, device, memory_format, autocast, is_cls, cfg.train.tta
+            )
             val = summarize(logits, targets, is_cls)
             score = val["balanced_accuracy"] if is_cls else val["thresholded_jaccard"]
             row = {"epoch": epoch + 1, **stats, "val": val}
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics.json_safe(row)) + "\n")
-            print(f"epoch {epoch + 1}/{cfg.train.epochs} loss {stats['loss']:.4f} "
-                  f"{stats['img_per_s']:.0f} img/s val {_headline(val)}")
-            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "best": max(best, score),
-                    "config": cfg.to_dict(), "mean": mean, "std": std, "steps": steps,
-                    "val": val}
+            print(
+                f"epoch {epoch + 1}/{cfg.train.epochs} loss {stats['loss']:.4f} "
+                f"{stats['img_per_s']:.0f} img/s val {_headline(val)}"
+            )
+            ckpt = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best": max(best, score),
+                "config": cfg.to_dict(),
+                "mean": mean,
+                "std": std,
+                "steps": steps,
+                "val": val,
+            }
             torch.save(ckpt, last_path)
             if score > best:
                 best = score
@@ -182,19 +221,39 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
             dist.barrier()
 
     if rank == 0:
-        calibrate(best_path, model, val_loader, augment, device, memory_format, autocast, is_cls,
-                  cfg.train.tta)
+        calibrate(
+            best_path,
+            model,
+            val_loader,
+            augment,
+            device,
+            memory_format,
+            autocast,
+            is_cls,
+            cfg.train.tta,
+        )
     if world > 1:
         dist.destroy_process_group()
     return best_path
 
 
-def train_one_epoch(net, loader, augment, criterion, optimizer, scheduler, device, memory_format,
-                    autocast, epoch, cfg, rank) -> dict:
+def train_one_epoch(
+    net,
+    loader,
+    augment,
+    criterion,
+    optimizer,
+    scheduler,
+    device,
+    memory_format,
+    autocast,
+    epoch,
+    cfg,
+    rank,
+) -> dict:
     net.train()
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=rank != 0, leave=False,
-               mininterval=2.0)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=rank != 0, leave=False, mininterval=2.0)
     for x, y in bar:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -216,8 +275,12 @@ def train_one_epoch(net, loader, augment, criterion, optimizer, scheduler, devic
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{rate:.0f}")
     elapsed = time.perf_counter() - t0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    return {"loss": loss_sum / max(seen, 1), "img_per_s": seen * world / elapsed,
-            "lr": scheduler.get_last_lr()[0], "seconds": elapsed}
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "img_per_s": seen * world / elapsed,
+        "lr": scheduler.get_last_lr()[0],
+        "seconds": elapsed,
+    }
 
 
 @torch.no_grad()
@@ -240,7 +303,8 @@ def summarize(logits: np.ndarray, targets: np.ndarray, is_cls: bool) -> dict:
     if is_cls:
         r = metrics.classification_report(targets, metrics.softmax(logits))
         return {k: r[k] for k in ("balanced_accuracy", "accuracy", "mean_auc", "ece")} | {
-            "melanoma_auc": r["melanoma"]["auc"]}
+            "melanoma_auc": r["melanoma"]["auc"]
+        }
     pred = logits[:, 0] > 0
     j = [metrics.jaccard(p, t) for p, t in zip(pred, targets, strict=True)]
     d = [metrics.dice(p, t) for p, t in zip(pred, targets, strict=True)]
@@ -257,8 +321,9 @@ def calibrate(best_path, model, val_loader, augment, device, memory_format, auto
     ckpt["temperature"] = 1.0
     if is_cls:
         model.load_state_dict(ckpt["model"])
-        logits, targets = predict(model, val_loader, augment, device, memory_format, autocast,
-                                  True, tta)
+        logits, targets = predict(
+            model, val_loader, augment, device, memory_format, autocast, True, tta
+        )
         t = metrics.fit_temperature(logits, targets)
         ckpt["temperature"] = t
         ckpt["val_calibrated"] = {
@@ -266,6 +331,8 @@ def calibrate(best_path, model, val_loader, augment, device, memory_format, auto
             "ece_before": metrics.expected_calibration_error(targets, metrics.softmax(logits)),
             "ece_after": metrics.expected_calibration_error(targets, metrics.softmax(logits, t)),
         }
-        print(f"temperature {t:.3f}: ECE {ckpt['val_calibrated']['ece_before']:.4f} -> "
-              f"{ckpt['val_calibrated']['ece_after']:.4f}")
+        print(
+            f"temperature {t:.3f}: ECE {ckpt['val_calibrated']['ece_before']:.4f} -> "
+            f"{ckpt['val_calibrated']['ece_after']:.4f}"
+        )
     torch.save(ckpt, best_path)

@@ -18,8 +18,16 @@ from dermaedge_train.data import CLASSES
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "samples"
-LESION_COLOURS = [(60, 30, 25), (150, 90, 60), (200, 120, 140), (190, 80, 70),
-                  (120, 100, 60), (170, 110, 90), (180, 40, 60), (230, 180, 170)]
+LESION_COLOURS = [
+    (60, 30, 25),
+    (150, 90, 60),
+    (200, 120, 140),
+    (190, 80, 70),
+    (120, 100, 60),
+    (170, 110, 90),
+    (180, 40, 60),
+    (230, 180, 170),
+]
 
 
 def synth_image(label: int, seed: int, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -53,15 +61,27 @@ def simple_root(tmp_path_factory) -> Path:
             name = f"ISIC_{i:07d}"
             _save(img, root / "cls" / "images" / f"{name}.jpg")
             # two images of one lesion for every pair of k, as in HAM10000
-            rows.append([f"{name}.jpg", CLASSES[label], f"HAM_{label}_{k // 2}", "50", "male",
-                         "back", "synthetic_a" if k < 3 else "synthetic_b", "48", "48"])
+            rows.append(
+                [
+                    f"{name}.jpg",
+                    CLASSES[label],
+                    f"HAM_{label}_{k // 2}",
+                    "50",
+                    "male",
+                    "back",
+                    "synthetic_a" if k < 3 else "synthetic_b",
+                    "48",
+                    "48",
+                ]
+            )
             _save(img, root / "seg" / "images" / f"{name}.jpg")
             _save(mask * 255, root / "seg" / "masks" / f"{name}.png")
             pairs.append([f"{name}.jpg", f"{name}.png"])
     with open(root / "cls" / "labels.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "label", "lesion_id", "age", "sex", "site", "source", "width",
-                    "height"])
+        w.writerow(
+            ["image", "label", "lesion_id", "age", "sex", "site", "source", "width", "height"]
+        )
         w.writerows(rows)
     with open(root / "seg" / "pairs.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -110,6 +130,8 @@ def isic2018_root(tmp_path) -> Path:
     for i in range(3):
         img, mask = synth_image(i, i)
         _save(img, root / "ISIC2018_Task1-2_Training_Input" / f"ISIC_{i:07d}.jpg")
-        _save(mask * 255, root / "ISIC2018_Task1_Training_GroundTruth" /
-              f"ISIC_{i:07d}_segmentation.png")
+        _save(
+            mask * 255,
+            root / "ISIC2018_Task1_Training_GroundTruth" / f"ISIC_{i:07d}_segmentation.png",
+        )
     return root

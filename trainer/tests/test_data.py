@@ -146,7 +146,8 @@ def test_mask_size_mismatch(tmp_path):
 
 
 def test_segmentation_missing_mask(isic2018_root):
-    (isic2018_root / "ISIC2018_Task1_Training_GroundTruth" /
-     "ISIC_0000002_segmentation.png").unlink()
+    (
+        isic2018_root / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000002_segmentation.png"
+    ).unlink()
     with pytest.raises(DataError, match=r"ISIC_0000002.jpg: its mask .* is missing"):
         load_segmentation(isic2018_root)

@@ -113,6 +113,27 @@ def cmd_score(args) -> None:
     )
 
 
+def cmd_predict_masks(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .data import load_classification, load_rgb
+    from .evaluate import segment_full, torch_logits_fn
+    from .export import load_checkpoint
+
+    model, ckpt, cfg = load_checkpoint(Path(args.checkpoint))
+    if cfg.task != "segmentation":
+        raise DataError(f"{args.checkpoint}: a {cfg.task} checkpoint, not a segmenter")
+    fn = torch_logits_fn(model)
+    samples = load_classification(Path(args.data), require_all_classes=False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in samples:
+        mask = segment_full(fn, load_rgb(s.image), ckpt["steps"])
+        Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"{s.image_id}.png")
+    print(f"{len(samples)} masks in {out} (use with data.lesion_crop.masks_dir)")
+
+
 def cmd_pack(args) -> None:
     from .shards import pack
 
@@ -207,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--truth", required=True, help="one-hot truth CSV (evaluate writes one)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_score)
+
+    sp = sub.add_parser("predict-masks", help="segment a classification dataset's images")
+    sp.add_argument("checkpoint", help="a segmenter run's best.pt")
+    sp.add_argument("--data", required=True, help="classification dataset root")
+    sp.add_argument("--out", required=True, help="folder for <image id>.png masks")
+    sp.set_defaults(fn=cmd_predict_masks)
 
     sp = sub.add_parser("pack", help="pack a dataset folder into .npz shards")
     sp.add_argument("root")

@@ -43,8 +43,12 @@ from .train import load_samples, split_samples
 
 OPSET = 17
 STANDARD_DOMAINS = ("", "ai.onnx")
-# Op types quantized to int8: standard ops tract loads as QDQ patterns.
-QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+# Op types quantized to int8, all standard ops. Clip/Relu must be among them: the quantizer
+# then folds ReLU6/ReLU into the [0, 6] / [0, inf) range of the preceding Conv's output instead
+# of spending the uint8 range on negative pre-activations (measured on EfficientNet-Lite0:
+# argmax agreement with float 79% -> 94%; U-Net mask agreement 95.5% -> 98.5%).
+# ConvTranspose stays float: per-axis dequantization on its weights is the least-trodden path.
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Clip", "Relu", "Add", "Concat", "MaxPool"]
 FLOAT_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.99
 
@@ -316,7 +320,8 @@ def export(
         mpath = path.with_suffix(".json")
         mpath.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         manifests.append(mpath)
-        print(f"wrote {mpath}")
+        key = "balanced_accuracy" if is_cls else "thresholded_jaccard"
+        print(f"wrote {mpath}: {key} {summary[key]:.4f} on {summary['n']} {eval_split} images")
     return manifests
 
 

@@ -18,8 +18,8 @@ Steps:
   the height or the width, or nothing, the image is left whole (a dark frame is the quality
   gate's business, not the crop's).
 - ``lesion_crop`` (needs a mask): a square around the mask's bounding box, side
-  ``floor(max(w, h) * (1 + 2 * margin) + 0.5)``, centred on the box, shifted to lie inside the image and
-  clipped to it. Without lesion pixels the image is left whole.
+  ``floor(max(w, h) * (1 + 2 * margin) + 0.5)``, centred on the box, shifted to lie inside
+  the image and clipped to it. Without lesion pixels the image is left whole.
 - ``resize``: to ``width`` x ``height`` with a triangle (bilinear) filter whose support scales
   with the reduction (PIL ``BILINEAR``; the ``image`` crate's ``FilterType::Triangle``).
 - ``shades_of_gray``: colour constancy. ``e_c = (mean((I_c/255)^p))^(1/p)``,

@@ -110,6 +110,16 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
     device = pick_device(cfg, local_rank)
     torch.manual_seed(cfg.data.seed + rank)
     out_dir = Path(out_dir)
+    # Later commands (evaluate, export) run from anywhere: record where the data really is.
+    for sec, key in (
+        (cfg.data, "root"),
+        (cfg.data, "images"),
+        (cfg.data, "masks"),
+        (cfg.data, "metadata"),
+        (cfg.data.lesion_crop, "masks_dir"),
+    ):
+        if getattr(sec, key):
+            setattr(sec, key, str(Path(getattr(sec, key)).resolve()))
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.yaml")

@@ -296,3 +296,79 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "none.pt: checkpoint not found" in r.stderr
+
+
+def test_predict_masks_then_train_on_lesion_crops(seg_run, simple_root, tmp_path):
+    masks = tmp_path / "masks"
+    assert (
+        main(
+            [
+                "predict-masks",
+                str(seg_run / "best.pt"),
+                "--data",
+                str(simple_root),
+                "--out",
+                str(masks),
+            ]
+        )
+        == 0
+    )
+    assert len(list(masks.glob("*.png"))) == 32
+    out = tmp_path / "run"
+    _train(
+        simple_root,
+        out,
+        "classification",
+        "efficientnet_lite0",
+        1,
+        [
+            "--set",
+            "data.lesion_crop.enabled=true",
+            "--set",
+            f"data.lesion_crop.masks_dir={masks}",
+            "--set",
+            "model.pretrained=false",
+        ],
+    )
+    import torch
+
+    steps = torch.load(out / "best.pt", weights_only=False)["steps"]
+    assert [s["op"] for s in steps][:2] == ["crop_border", "lesion_crop"]
+
+
+def test_distributed_training_with_torchrun_on_cpu(simple_root, tmp_path):
+    """DDP through torchrun (gloo on CPU): two ranks, one epoch, rank 0 writes the run."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dermaedge_train.cli",
+            "train",
+            "--out",
+            str(tmp_path),
+            "--set",
+            f"data.root={simple_root}",
+            "--set",
+            "data.image_size=64",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.workers=0",
+            "--set",
+            "model.pretrained=false",
+            "--set",
+            "data.val_fraction=0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and (tmp_path / "best.pt").exists()

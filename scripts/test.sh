@@ -9,3 +9,10 @@ ruff check trainer
 ruff format --check trainer
 echo "== trainer: pytest"
 python -m pytest trainer/tests
+
+echo "== device: cargo fmt, clippy"
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+echo "== device: cargo test"
+# One optimized build serves the tests and the binary (tract in debug is far too slow).
+cargo test --release

@@ -1,0 +1,360 @@
+//! Model loading: the manifest (the trainer's contract, `models/manifest.schema.json`), the
+//! sha256 check, and an optimized tract plan with the manifest's concrete input shape.
+//!
+//! A model that is missing, corrupt, or does not match its manifest is a startup error naming
+//! the file and what is wrong: the device never runs a model it cannot vouch for.
+
+use std::fs;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+/// The ISIC 2019 classes, in the order of every output and CSV.
+pub const CLASSES: [&str; 8] = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+    #[error("{path}: cannot read ({source})")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: tract cannot load this model: {msg}")]
+    Tract { path: PathBuf, msg: String },
+    #[error(
+        "{dir}: no {what} model found (want a manifest <name>-<precision>.json with task {what})"
+    )]
+    Missing { dir: PathBuf, what: String },
+}
+
+fn invalid(path: &Path, msg: impl Into<String>) -> ModelError {
+    ModelError::Invalid {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// One preprocessing step, exactly as the manifest lists it (see docs/manifest.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    CropBorder {
+        luma_threshold: u8,
+        min_bright_fraction: f64,
+        min_keep: f64,
+    },
+    LesionCrop {
+        margin: f64,
+    },
+    Resize {
+        width: u32,
+        height: u32,
+        filter: String,
+    },
+    ShadesOfGray {
+        p: f64,
+    },
+    Normalize {
+        mean: [f32; 3],
+        std: [f32; 3],
+        scale: f32,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Input {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub layout: String,
+    pub color: String,
+    pub dtype: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Output {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: String,
+    pub activation: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Calibration {
+    pub temperature: f32,
+    #[serde(default)]
+    pub fitted_on: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tta {
+    pub horizontal_flip: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Decision {
+    pub melanoma_threshold: Option<f32>,
+    pub melanoma_target_specificity: Option<f32>,
+    pub mask_threshold: Option<f32>,
+}
+
+/// The manifest beside each .onnx. Fields the device does not act on (training, metrics) are
+/// kept as JSON for `dermaedge models`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub name: String,
+    pub version: String,
+    pub task: String,
+    pub architecture: String,
+    pub precision: String,
+    pub file: String,
+    pub sha256: String,
+    pub opset: u32,
+    pub input: Input,
+    pub preprocessing: Vec<Step>,
+    pub output: Output,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+    #[serde(default)]
+    pub tta: Option<Tta>,
+    #[serde(default)]
+    pub decision: Decision,
+    pub license: String,
+    pub training: serde_json::Value,
+    pub metrics: serde_json::Value,
+    #[serde(default)]
+    pub reference: Option<String>,
+    pub created: String,
+}
+
+impl Manifest {
+    pub fn read(path: &Path) -> Result<Manifest, ModelError> {
+        let text = fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| invalid(path, format!("not a valid manifest: {e}")))?;
+        m.check(path)?;
+        Ok(m)
+    }
+
+    /// The rules of the schema the device relies on, checked again here.
+    fn check(&self, path: &Path) -> Result<(), ModelError> {
+        if self.schema_version != 1 {
+            return Err(invalid(
+                path,
+                format!(
+                    "schema_version {} is not supported (this device reads 1)",
+                    self.schema_version
+                ),
+            ));
+        }
+        if self.opset < 13 {
+            return Err(invalid(path, format!("opset {} is below 13", self.opset)));
+        }
+        let shape = &self.input.shape;
+        if shape.len() != 4 || shape[0] != 1 || shape[1] != 3 {
+            return Err(invalid(
+                path,
+                format!("input shape {shape:?} is not [1, 3, H, W]"),
+            ));
+        }
+        if self.input.layout != "NCHW" || self.input.color != "RGB" {
+            return Err(invalid(path, "input must be NCHW RGB"));
+        }
+        match self.preprocessing.last() {
+            Some(Step::Normalize { std, .. }) if std.iter().all(|s| *s > 0.0) => {}
+            _ => {
+                return Err(invalid(
+                    path,
+                    "preprocessing must end with normalize (std > 0)",
+                ))
+            }
+        }
+        let resize = self.preprocessing.iter().find_map(|s| match s {
+            Step::Resize { width, height, .. } => Some((*width as usize, *height as usize)),
+            _ => None,
+        });
+        if resize != Some((shape[3], shape[2])) {
+            return Err(invalid(
+                path,
+                format!(
+                    "preprocessing must resize to the input's {}x{}",
+                    shape[3], shape[2]
+                ),
+            ));
+        }
+        match self.task.as_str() {
+            "classification" => {
+                if self.classes != CLASSES {
+                    return Err(invalid(
+                        path,
+                        format!("classes must be {CLASSES:?}, found {:?}", self.classes),
+                    ));
+                }
+                if self.output.shape != [1, CLASSES.len()] || self.output.activation != "softmax" {
+                    return Err(invalid(
+                        path,
+                        "classifier output must be [1, 8] softmax logits",
+                    ));
+                }
+                let t = self.calibration.as_ref().map(|c| c.temperature);
+                if !matches!(t, Some(t) if t > 0.0 && t.is_finite()) {
+                    return Err(invalid(path, "calibration.temperature must be > 0"));
+                }
+            }
+            "segmentation" => {
+                if self.output.shape != [1, 1, shape[2], shape[3]]
+                    || self.output.activation != "sigmoid"
+                {
+                    return Err(invalid(
+                        path,
+                        "segmenter output must be [1, 1, H, W] sigmoid logits",
+                    ));
+                }
+            }
+            other => return Err(invalid(path, format!("unknown task {other:?}"))),
+        }
+        Ok(())
+    }
+
+    pub fn input_hw(&self) -> (usize, usize) {
+        (self.input.shape[2], self.input.shape[3])
+    }
+}
+
+/// A loaded, verified, optimized model ready to run.
+pub struct Model {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    plan: std::sync::Arc<TypedSimplePlan>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("name", &self.manifest.name)
+            .finish()
+    }
+}
+
+/// Use `n` threads for tract's matrix products (1 = the caller's thread only).
+pub fn set_threads(n: usize) {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    set_default_executor(if n > 1 {
+        Executor::multithread(n)
+    } else {
+        Executor::SingleThread
+    });
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Model {
+    /// Load the model a manifest describes, refusing it unless its sha256 matches.
+    pub fn load(manifest_path: &Path) -> Result<Model, ModelError> {
+        let manifest = Manifest::read(manifest_path)?;
+        let dir = manifest_path.parent().unwrap_or(Path::new("."));
+        let path = dir.join(&manifest.file);
+        let bytes = fs::read(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let actual = sha256_hex(&bytes);
+        if actual != manifest.sha256 {
+            return Err(invalid(
+                &path,
+                format!(
+                    "sha256 is {actual} but {} expects {}: the file is corrupt or not the one \
+                     the manifest describes",
+                    manifest_path.display(),
+                    manifest.sha256
+                ),
+            ));
+        }
+        let (h, w) = manifest.input_hw();
+        let tract_err = |e: TractError| ModelError::Tract {
+            path: path.clone(),
+            msg: format!("{e:#}"),
+        };
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut Cursor::new(bytes))
+            .map_err(tract_err)?
+            .with_input_fact(0, f32::fact([1, 3, h, w]).into())
+            .map_err(tract_err)?
+            .into_optimized()
+            .map_err(tract_err)?
+            .into_runnable()
+            .map_err(tract_err)?;
+        Ok(Model {
+            manifest,
+            path,
+            plan,
+        })
+    }
+
+    /// Run on one 1x3xHxW input; returns the first output as a flat vector.
+    pub fn run(&self, input: Tensor) -> TractResult<Vec<f32>> {
+        let out = self.plan.run(tvec!(input.into()))?;
+        Ok(out[0]
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    }
+}
+
+/// Every manifest in `dir` (not the reference files), sorted by file name.
+pub fn manifests_in(
+    dir: &Path,
+) -> Result<Vec<(PathBuf, Result<Manifest, ModelError>)>, ModelError> {
+    let entries = fs::read_dir(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".json")
+                && !name.ends_with(".reference.json")
+                && !name.ends_with(".schema.json")
+        })
+        .collect();
+    paths.sort();
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let m = Manifest::read(&p);
+            (p, m)
+        })
+        .collect())
+}
+
+/// The manifest for `task` at `precision` in `dir` (e.g. segmentation, "float32").
+pub fn find(dir: &Path, task: &str, precision: &str) -> Result<PathBuf, ModelError> {
+    for (path, m) in manifests_in(dir)? {
+        if let Ok(m) = m {
+            if m.task == task && m.precision == precision {
+                return Ok(path);
+            }
+        }
+    }
+    Err(ModelError::Missing {
+        dir: dir.to_path_buf(),
+        what: format!("{task} ({precision})"),
+    })
+}

@@ -1,0 +1,360 @@
+//! One frame to one result: quality gate -> segmentation -> lesion selection -> lesion crop
+//! -> classification (flip TTA) -> calibrated probabilities, plus the lesion measurements.
+//!
+//! A frame that fails the quality gate gets `status: "recapture"` with its reasons and no
+//! classification: the device never offers a confident guess on a bad frame. The result type
+//! is the device's public contract (docs/result.md, docs/result.schema.json).
+
+use std::path::Path;
+use std::time::Instant;
+
+use image::{GrayImage, RgbImage};
+use serde::Serialize;
+
+use crate::model::{self, Model, ModelError, CLASSES};
+use crate::vision::{self, DecodeError, DecodeLimits, FrameQuality, Measurements};
+
+pub const RESULT_SCHEMA_VERSION: u32 = 1;
+
+/// The quality gate's limits and the analysis options.
+#[derive(Debug, Clone)]
+pub struct AnalysisConfig {
+    pub limits: DecodeLimits,
+    /// Mean field luma below this: too dark.
+    pub min_mean_luma: f32,
+    /// Mean field luma above this, or more than `max_overexposed_fraction` saturated: overexposed.
+    pub max_mean_luma: f32,
+    pub max_overexposed_fraction: f32,
+    /// Variance of the Laplacian below this: blurred.
+    pub min_sharpness: f32,
+    /// Lesion smaller than this fraction of the field: no lesion found.
+    pub min_lesion_fraction: f32,
+    /// Size of one pixel on the skin, for areas in mm².
+    pub pixel_pitch_mm: Option<f64>,
+    /// Average the classifier over the frame and its mirror, when the manifest asks for it.
+    pub tta: bool,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            limits: DecodeLimits::default(),
+            min_mean_luma: 40.0,
+            max_mean_luma: 235.0,
+            max_overexposed_fraction: 0.25,
+            min_sharpness: 15.0,
+            min_lesion_fraction: 0.005,
+            pixel_pitch_mm: None,
+            tta: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("{model}: inference failed: {msg}")]
+    Inference { model: String, msg: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Recapture,
+}
+
+/// Why a frame must be captured again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    TooDark,
+    Overexposed,
+    Blurred,
+    NoLesion,
+    LesionCutOff,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Quality {
+    #[serde(flatten)]
+    pub frame: FrameQuality,
+    /// Lesion area over the usable field area (0 when none was found).
+    pub lesion_fraction: f32,
+    pub lesion_touches_border: bool,
+}
+
+/// Per-class probabilities in the ISIC order.
+#[allow(non_snake_case)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Probabilities {
+    pub MEL: f32,
+    pub NV: f32,
+    pub BCC: f32,
+    pub AK: f32,
+    pub BKL: f32,
+    pub DF: f32,
+    pub VASC: f32,
+    pub SCC: f32,
+}
+
+impl Probabilities {
+    pub fn from_slice(p: &[f32]) -> Probabilities {
+        Probabilities {
+            MEL: p[0],
+            NV: p[1],
+            BCC: p[2],
+            AK: p[3],
+            BKL: p[4],
+            DF: p[5],
+            VASC: p[6],
+            SCC: p[7],
+        }
+    }
+    pub fn to_array(self) -> [f32; 8] {
+        [
+            self.MEL, self.NV, self.BCC, self.AK, self.BKL, self.DF, self.VASC, self.SCC,
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Classification {
+    pub probabilities: Probabilities,
+    pub top_class: &'static str,
+    pub top_probability: f32,
+    /// P(MEL) + P(BCC) + P(SCC) + P(AK).
+    pub malignancy_score: f32,
+    /// P(MEL) at or above the manifest's operating point.
+    pub melanoma_flag: bool,
+    pub melanoma_threshold: f32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub precision: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Timings {
+    pub decode_ms: f64,
+    pub quality_ms: f64,
+    pub segment_ms: f64,
+    pub lesion_ms: f64,
+    pub classify_ms: f64,
+    pub measure_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The result of analyzing one frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct Analysis {
+    pub schema_version: u32,
+    pub image: String,
+    pub width: u32,
+    pub height: u32,
+    pub status: Status,
+    pub recapture_reasons: Vec<Reason>,
+    pub quality: Quality,
+    pub classification: Option<Classification>,
+    pub lesion: Option<Measurements>,
+    pub models: Vec<ModelInfo>,
+    pub timings: Timings,
+    #[serde(skip)]
+    pub mask: Option<GrayImage>,
+}
+
+/// The loaded models and the options: analyzes frames.
+pub struct Analyzer {
+    pub segmenter: Model,
+    pub classifier: Model,
+    pub config: AnalysisConfig,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+impl Analyzer {
+    /// Load the segmenter and classifier of `precision` ("float32" or "int8") from `dir`.
+    pub fn load(
+        dir: &Path,
+        precision: &str,
+        config: AnalysisConfig,
+    ) -> Result<Analyzer, ModelError> {
+        let segmenter = Model::load(&model::find(dir, "segmentation", precision)?)?;
+        let classifier = Model::load(&model::find(dir, "classification", precision)?)?;
+        Ok(Analyzer {
+            segmenter,
+            classifier,
+            config,
+        })
+    }
+
+    fn infer(
+        &self,
+        model: &Model,
+        input: tract_onnx::prelude::Tensor,
+    ) -> Result<Vec<f32>, AnalyzeError> {
+        model.run(input).map_err(|e| AnalyzeError::Inference {
+            model: model.path.display().to_string(),
+            msg: format!("{e:#}"),
+        })
+    }
+
+    pub fn analyze_bytes(&self, bytes: &[u8], name: &str) -> Result<Analysis, AnalyzeError> {
+        let t0 = Instant::now();
+        let mut timings = Timings::default();
+        let t = Instant::now();
+        let frame = vision::decode(bytes, self.config.limits)?;
+        timings.decode_ms = ms(t);
+        let mut a = self.analyze_frame(&frame, name, timings)?;
+        a.timings.total_ms = ms(t0);
+        Ok(a)
+    }
+
+    /// Analyze a decoded frame (the camera path hands frames over already decoded).
+    pub fn analyze_frame(
+        &self,
+        frame: &RgbImage,
+        name: &str,
+        mut timings: Timings,
+    ) -> Result<Analysis, AnalyzeError> {
+        let t_all = Instant::now();
+        let c = &self.config;
+        let seg = &self.segmenter.manifest;
+
+        // Quality of the usable field (inside the dermatoscope's border).
+        let t = Instant::now();
+        let prepared_seg = vision::prepare(frame, &seg.preprocessing, None);
+        let field = prepared_seg.border_box;
+        let fq = vision::frame_quality(frame, field);
+        timings.quality_ms = ms(t);
+        let mut reasons = Vec::new();
+        if fq.mean_luma < c.min_mean_luma {
+            reasons.push(Reason::TooDark);
+        }
+        if fq.mean_luma > c.max_mean_luma || fq.overexposed_fraction > c.max_overexposed_fraction {
+            reasons.push(Reason::Overexposed);
+        }
+        if fq.sharpness < c.min_sharpness {
+            reasons.push(Reason::Blurred);
+        }
+
+        // Segment, keep the largest lesion, fill its holes.
+        let t = Instant::now();
+        let logits = self.infer(&self.segmenter, prepared_seg.tensor(false))?;
+        timings.segment_ms = ms(t);
+        let t = Instant::now();
+        let threshold = seg.decision.mask_threshold.unwrap_or(0.5);
+        let raw = vision::mask_from_logits(
+            &logits,
+            seg.input_hw(),
+            frame.dimensions(),
+            field,
+            threshold,
+        );
+        let mask = vision::largest_component_filled(&raw);
+        let area = mask.pixels().filter(|p| p[0] > 0).count() as f64;
+        let lesion_fraction =
+            (area / (f64::from(field.width()) * f64::from(field.height()))) as f32;
+        let touches = area > 0.0 && vision::touches_border(&mask, field);
+        timings.lesion_ms = ms(t);
+        if lesion_fraction < c.min_lesion_fraction {
+            reasons.push(Reason::NoLesion);
+        } else if touches {
+            reasons.push(Reason::LesionCutOff);
+        }
+
+        let t = Instant::now();
+        let lesion = if lesion_fraction > 0.0 {
+            vision::measure(frame, &mask, c.pixel_pitch_mm)
+        } else {
+            None
+        };
+        timings.measure_ms = ms(t);
+
+        let classification = if reasons.is_empty() {
+            let t = Instant::now();
+            let cls = self.classify(frame, &mask)?;
+            timings.classify_ms = ms(t);
+            Some(cls)
+        } else {
+            None
+        };
+        timings.total_ms = timings.decode_ms + ms(t_all);
+        Ok(Analysis {
+            schema_version: RESULT_SCHEMA_VERSION,
+            image: name.to_string(),
+            width: frame.width(),
+            height: frame.height(),
+            status: if reasons.is_empty() {
+                Status::Ok
+            } else {
+                Status::Recapture
+            },
+            recapture_reasons: reasons,
+            quality: Quality {
+                frame: fq,
+                lesion_fraction,
+                lesion_touches_border: touches,
+            },
+            classification,
+            lesion,
+            models: [&self.segmenter, &self.classifier]
+                .iter()
+                .map(|m| ModelInfo {
+                    name: m.manifest.name.clone(),
+                    version: m.manifest.version.clone(),
+                    precision: m.manifest.precision.clone(),
+                    sha256: m.manifest.sha256.clone(),
+                })
+                .collect(),
+            timings,
+            mask: Some(mask),
+        })
+    }
+
+    fn classify(&self, frame: &RgbImage, mask: &GrayImage) -> Result<Classification, AnalyzeError> {
+        let m = &self.classifier.manifest;
+        let prepared = vision::prepare(frame, &m.preprocessing, Some(mask));
+        let mut logits = self.infer(&self.classifier, prepared.tensor(false))?;
+        if self.config.tta && m.tta.as_ref().is_some_and(|t| t.horizontal_flip) {
+            let flipped = self.infer(&self.classifier, prepared.tensor(true))?;
+            for (a, b) in logits.iter_mut().zip(flipped) {
+                *a = (*a + b) / 2.0;
+            }
+        }
+        let temperature = m.calibration.as_ref().map_or(1.0, |c| c.temperature);
+        let p = softmax(&logits, temperature);
+        let (top, top_p) =
+            p.iter().enumerate().fold(
+                (0, f32::MIN),
+                |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+            );
+        let threshold = m.decision.melanoma_threshold.unwrap_or(0.5);
+        Ok(Classification {
+            probabilities: Probabilities::from_slice(&p),
+            top_class: CLASSES[top],
+            top_probability: top_p,
+            malignancy_score: p[0] + p[2] + p[7] + p[3],
+            melanoma_flag: p[0] >= threshold,
+            melanoma_threshold: threshold,
+        })
+    }
+}
+
+pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let z: Vec<f64> = logits
+        .iter()
+        .map(|&l| f64::from(l) / f64::from(temperature))
+        .collect();
+    let max = z.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| (v / s) as f32).collect()
+}

@@ -1,0 +1,838 @@
+//! Pixels: decoding with limits, the manifest's preprocessing steps, frame quality, lesion
+//! mask clean-up and the ABCD-style lesion measurements.
+//!
+//! The preprocessing steps follow docs/manifest.md to the letter (integer luma, round half up)
+//! so that the device feeds its models what the trainer measured them on.
+
+use std::io::Cursor;
+
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, Luma, Rgb, RgbImage};
+use imageproc::region_labelling::{connected_components, Connectivity};
+use serde::Serialize;
+use tract_onnx::prelude::{tract_ndarray, Tensor};
+
+use crate::model::Step;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("not a supported image (JPEG or PNG): {0}")]
+    Format(String),
+    #[error("corrupt or truncated image: {0}")]
+    Corrupt(String),
+    #[error(
+        "image is {width}x{height}, over the limit of {limit} pixels (decompression bomb guard)"
+    )]
+    TooLarge { width: u32, height: u32, limit: u64 },
+    #[error("image is {width}x{height}, smaller than the minimum {min}x{min}")]
+    TooSmall { width: u32, height: u32, min: u32 },
+}
+
+/// Decoding limits (the config's decompression-bomb guard).
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_pixels: u64,
+    pub min_side: u32,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_pixels: 50_000_000,
+            min_side: 32,
+        }
+    }
+}
+
+/// Decode JPEG/PNG bytes into 8-bit RGB with the EXIF orientation applied. Grayscale, 16-bit
+/// and alpha images are converted; sizes are checked before any pixel is allocated.
+pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Format(e.to_string()))?;
+    match reader.format() {
+        None => return Err(DecodeError::Format("unrecognised file signature".into())),
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(DecodeError::Corrupt(
+                "JPEG data ends before its end-of-image marker".into(),
+            ))
+        }
+        _ => {}
+    }
+    let mut decoder = reader.into_decoder().map_err(classify_error)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    if width < limits.min_side || height < limits.min_side {
+        return Err(DecodeError::TooSmall {
+            width,
+            height,
+            min: limits.min_side,
+        });
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(classify_error)?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+/// The JPEG decoder fills a truncated scan with grey rather than failing; a frame cut short
+/// (a camera unplugged mid-transfer) must not be analyzed. Inside entropy-coded data 0xFF is
+/// always followed by 0x00 or a restart marker, so the end-of-image marker (FF D9) after the
+/// last start-of-scan (FF DA) is the real end of the image (an EXIF thumbnail's ends earlier).
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
+fn classify_error(e: image::ImageError) -> DecodeError {
+    match e {
+        image::ImageError::Unsupported(u) => DecodeError::Format(u.to_string()),
+        other => DecodeError::Corrupt(other.to_string()),
+    }
+}
+
+/// A half-open pixel box `[top, bottom) x [left, right)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rect {
+    pub top: u32,
+    pub bottom: u32,
+    pub left: u32,
+    pub right: u32,
+}
+
+impl Rect {
+    pub fn whole(w: u32, h: u32) -> Rect {
+        Rect {
+            top: 0,
+            bottom: h,
+            left: 0,
+            right: w,
+        }
+    }
+    pub fn width(&self) -> u32 {
+        self.right - self.left
+    }
+    pub fn height(&self) -> u32 {
+        self.bottom - self.top
+    }
+}
+
+pub fn luma(p: &Rgb<u8>) -> u32 {
+    (77 * u32::from(p[0]) + 150 * u32::from(p[1]) + 29 * u32::from(p[2])) >> 8
+}
+
+/// The image without its dark dermatoscope border (docs/manifest.md, `crop_border`).
+pub fn crop_border_box(img: &RgbImage, luma_threshold: u8, min_bright: f64, min_keep: f64) -> Rect {
+    let (w, h) = img.dimensions();
+    let mut rows = vec![0u32; h as usize];
+    let mut cols = vec![0u32; w as usize];
+    for (x, y, p) in img.enumerate_pixels() {
+        if luma(p) > u32::from(luma_threshold) {
+            rows[y as usize] += 1;
+            cols[x as usize] += 1;
+        }
+    }
+    let bright_rows: Vec<u32> = (0..h)
+        .filter(|&y| f64::from(rows[y as usize]) > min_bright * f64::from(w))
+        .collect();
+    let bright_cols: Vec<u32> = (0..w)
+        .filter(|&x| f64::from(cols[x as usize]) > min_bright * f64::from(h))
+        .collect();
+    let (Some(&top), Some(&last_row), Some(&left), Some(&last_col)) = (
+        bright_rows.first(),
+        bright_rows.last(),
+        bright_cols.first(),
+        bright_cols.last(),
+    ) else {
+        return Rect::whole(w, h);
+    };
+    let r = Rect {
+        top,
+        bottom: last_row + 1,
+        left,
+        right: last_col + 1,
+    };
+    if f64::from(r.height()) < min_keep * f64::from(h)
+        || f64::from(r.width()) < min_keep * f64::from(w)
+    {
+        return Rect::whole(w, h);
+    }
+    r
+}
+
+/// The square lesion crop around a mask (docs/manifest.md, `lesion_crop`).
+pub fn lesion_box(mask: &GrayImage, margin: f64) -> Option<Rect> {
+    let (w, h) = mask.dimensions();
+    let (mut y0, mut y1, mut x0, mut x1) = (u32::MAX, 0, u32::MAX, 0);
+    for (x, y, p) in mask.enumerate_pixels() {
+        if p[0] > 0 {
+            y0 = y0.min(y);
+            y1 = y1.max(y + 1);
+            x0 = x0.min(x);
+            x1 = x1.max(x + 1);
+        }
+    }
+    if y0 == u32::MAX {
+        return None;
+    }
+    let side = (f64::from((y1 - y0).max(x1 - x0)) * (1.0 + 2.0 * margin) + 0.5).floor() as i64;
+    let side = side.clamp(1, i64::from(w.min(h)));
+    let top = ((i64::from(y0 + y1) - side).div_euclid(2)).clamp(0, i64::from(h) - side);
+    let left = ((i64::from(x0 + x1) - side).div_euclid(2)).clamp(0, i64::from(w) - side);
+    Some(Rect {
+        top: top as u32,
+        bottom: (top + side) as u32,
+        left: left as u32,
+        right: (left + side) as u32,
+    })
+}
+
+pub fn crop(img: &RgbImage, r: Rect) -> RgbImage {
+    imageops::crop_imm(img, r.left, r.top, r.width(), r.height()).to_image()
+}
+
+pub fn crop_gray(img: &GrayImage, r: Rect) -> GrayImage {
+    imageops::crop_imm(img, r.left, r.top, r.width(), r.height()).to_image()
+}
+
+/// Shades-of-Gray colour constancy (docs/manifest.md, `shades_of_gray`).
+pub fn shades_of_gray(img: &RgbImage, p: f64) -> RgbImage {
+    let n = f64::from(img.width()) * f64::from(img.height());
+    let mut sums = [0f64; 3];
+    for px in img.pixels() {
+        for c in 0..3 {
+            sums[c] += (f64::from(px[c]) / 255.0).powf(p);
+        }
+    }
+    let e: Vec<f64> = sums
+        .iter()
+        .map(|s| (s / n).powf(1.0 / p).max(1e-6))
+        .collect();
+    let norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let gain: Vec<f64> = e.iter().map(|v| norm / (3f64.sqrt() * v)).collect();
+    let mut out = img.clone();
+    for px in out.pixels_mut() {
+        for c in 0..3 {
+            px[c] = (f64::from(px[c]) * gain[c] + 0.5).floor().min(255.0) as u8;
+        }
+    }
+    out
+}
+
+pub fn resize(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    if img.dimensions() == (width, height) {
+        return img.clone();
+    }
+    imageops::resize(img, width, height, FilterType::Triangle)
+}
+
+/// `(I * scale - mean) / std` as a 1x3xHxW tensor; `flip` mirrors left-right (for TTA).
+pub fn normalize(img: &RgbImage, mean: [f32; 3], std: [f32; 3], scale: f32, flip: bool) -> Tensor {
+    let (w, h) = img.dimensions();
+    let arr =
+        tract_ndarray::Array4::from_shape_fn((1, 3, h as usize, w as usize), |(_, c, y, x)| {
+            let x = if flip { w as usize - 1 - x } else { x };
+            let v = img.get_pixel(x as u32, y as u32)[c];
+            (f32::from(v) * scale - mean[c]) / std[c]
+        });
+    arr.into()
+}
+
+/// The result of running a manifest's steps on a frame.
+pub struct Prepared {
+    /// The uint8 image just before `normalize` (the model's exact input, as an image).
+    pub image: RgbImage,
+    /// The `crop_border` box in frame coordinates (the whole frame without that step).
+    pub border_box: Rect,
+    /// The `lesion_crop` box in frame coordinates, when one was applied.
+    pub lesion_box: Option<Rect>,
+    pub normalize: ([f32; 3], [f32; 3], f32),
+}
+
+impl Prepared {
+    pub fn tensor(&self, flip: bool) -> Tensor {
+        let (mean, std, scale) = self.normalize;
+        normalize(&self.image, mean, std, scale, flip)
+    }
+}
+
+/// Run the manifest's steps on `img`. `mask` (frame-sized) is needed by `lesion_crop`.
+pub fn prepare(img: &RgbImage, steps: &[Step], mask: Option<&GrayImage>) -> Prepared {
+    let mut cur = img.clone();
+    let mut cur_mask = mask.cloned();
+    let mut origin = (0u32, 0u32);
+    let mut border_box = Rect::whole(img.width(), img.height());
+    let mut lesion = None;
+    let mut norm = ([0.0; 3], [1.0; 3], 1.0 / 255.0);
+    for step in steps {
+        match step {
+            Step::CropBorder {
+                luma_threshold,
+                min_bright_fraction,
+                min_keep,
+            } => {
+                let r = crop_border_box(&cur, *luma_threshold, *min_bright_fraction, *min_keep);
+                cur = crop(&cur, r);
+                cur_mask = cur_mask.map(|m| crop_gray(&m, r));
+                origin = (origin.0 + r.left, origin.1 + r.top);
+                border_box = Rect {
+                    top: origin.1,
+                    bottom: origin.1 + r.height(),
+                    left: origin.0,
+                    right: origin.0 + r.width(),
+                };
+            }
+            Step::LesionCrop { margin } => {
+                if let Some(r) = cur_mask.as_ref().and_then(|m| lesion_box(m, *margin)) {
+                    cur = crop(&cur, r);
+                    cur_mask = cur_mask.map(|m| crop_gray(&m, r));
+                    lesion = Some(Rect {
+                        top: origin.1 + r.top,
+                        bottom: origin.1 + r.bottom,
+                        left: origin.0 + r.left,
+                        right: origin.0 + r.right,
+                    });
+                    origin = (origin.0 + r.left, origin.1 + r.top);
+                }
+            }
+            Step::Resize { width, height, .. } => cur = resize(&cur, *width, *height),
+            Step::ShadesOfGray { p } => cur = shades_of_gray(&cur, *p),
+            Step::Normalize { mean, std, scale } => norm = (*mean, *std, *scale),
+        }
+    }
+    Prepared {
+        image: cur,
+        border_box,
+        lesion_box: lesion,
+        normalize: norm,
+    }
+}
+
+/// Segmenter logits (h x w) -> a frame-sized 0/255 mask: sigmoid, bilinear resize to the
+/// `crop_border` box, threshold, pasted into the frame (docs/manifest.md).
+pub fn mask_from_logits(
+    logits: &[f32],
+    (h, w): (usize, usize),
+    frame: (u32, u32),
+    border_box: Rect,
+    threshold: f32,
+) -> GrayImage {
+    let probs = image::ImageBuffer::<Luma<f32>, Vec<f32>>::from_fn(w as u32, h as u32, |x, y| {
+        let l = logits[y as usize * w + x as usize];
+        Luma([1.0 / (1.0 + (-l).exp())])
+    });
+    let up = imageops::resize(
+        &probs,
+        border_box.width(),
+        border_box.height(),
+        FilterType::Triangle,
+    );
+    let mut mask = GrayImage::new(frame.0, frame.1);
+    for (x, y, p) in up.enumerate_pixels() {
+        if p[0] > threshold {
+            mask.put_pixel(x + border_box.left, y + border_box.top, Luma([255]));
+        }
+    }
+    mask
+}
+
+/// Keep the largest 8-connected lesion region and fill its holes.
+pub fn largest_component_filled(mask: &GrayImage) -> GrayImage {
+    let labels = connected_components(mask, Connectivity::Eight, Luma([0u8]));
+    let mut sizes = std::collections::HashMap::<u32, u64>::new();
+    for p in labels.pixels() {
+        if p[0] > 0 {
+            *sizes.entry(p[0]).or_default() += 1;
+        }
+    }
+    let (w, h) = mask.dimensions();
+    let Some((&best, _)) = sizes
+        .iter()
+        .max_by_key(|(label, n)| (**n, std::cmp::Reverse(**label)))
+    else {
+        return GrayImage::new(w, h);
+    };
+    let lesion = GrayImage::from_fn(w, h, |x, y| {
+        Luma([if labels.get_pixel(x, y)[0] == best {
+            255
+        } else {
+            0
+        }])
+    });
+    fill_holes(&lesion)
+}
+
+/// Background pixels not 4-connected to the image border become lesion.
+pub fn fill_holes(mask: &GrayImage) -> GrayImage {
+    let (w, h) = mask.dimensions();
+    let mut outside = vec![false; (w * h) as usize];
+    let mut stack: Vec<(u32, u32)> = Vec::new();
+    for x in 0..w {
+        stack.push((x, 0));
+        stack.push((x, h - 1));
+    }
+    for y in 0..h {
+        stack.push((0, y));
+        stack.push((w - 1, y));
+    }
+    while let Some((x, y)) = stack.pop() {
+        let i = (y * w + x) as usize;
+        if outside[i] || mask.get_pixel(x, y)[0] > 0 {
+            continue;
+        }
+        outside[i] = true;
+        if x > 0 {
+            stack.push((x - 1, y));
+        }
+        if x + 1 < w {
+            stack.push((x + 1, y));
+        }
+        if y > 0 {
+            stack.push((x, y - 1));
+        }
+        if y + 1 < h {
+            stack.push((x, y + 1));
+        }
+    }
+    GrayImage::from_fn(w, h, |x, y| {
+        Luma([if outside[(y * w + x) as usize] {
+            0
+        } else {
+            255
+        }])
+    })
+}
+
+/// Does the lesion reach the edge of the usable field (the `crop_border` box)?
+pub fn touches_border(mask: &GrayImage, field: Rect) -> bool {
+    let on = |x: u32, y: u32| mask.get_pixel(x, y)[0] > 0;
+    (field.left..field.right).any(|x| on(x, field.top) || on(x, field.bottom - 1))
+        || (field.top..field.bottom).any(|y| on(field.left, y) || on(field.right - 1, y))
+}
+
+/// Exposure and focus of a frame.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct FrameQuality {
+    /// Mean luma (0-255) inside the usable field.
+    pub mean_luma: f32,
+    /// Fraction of field pixels at luma >= 250.
+    pub overexposed_fraction: f32,
+    /// Variance of the Laplacian of the field, scaled to 512 px on the long side.
+    pub sharpness: f32,
+}
+
+pub fn frame_quality(img: &RgbImage, field: Rect) -> FrameQuality {
+    let roi = crop(img, field);
+    let n = f64::from(roi.width()) * f64::from(roi.height());
+    let (mut sum, mut over) = (0f64, 0f64);
+    for p in roi.pixels() {
+        let l = luma(p);
+        sum += f64::from(l);
+        if l >= 250 {
+            over += 1.0;
+        }
+    }
+    let long = roi.width().max(roi.height());
+    let gray = DynamicImage::ImageRgb8(roi).to_luma8();
+    let gray = if long > 512 {
+        let s = 512.0 / f64::from(long);
+        let (w, h) = gray.dimensions();
+        imageops::resize(
+            &gray,
+            ((f64::from(w) * s).round() as u32).max(1),
+            ((f64::from(h) * s).round() as u32).max(1),
+            FilterType::Triangle,
+        )
+    } else {
+        gray
+    };
+    let lap = imageproc::filter::laplacian_filter(&gray);
+    let vals: Vec<f64> = lap.pixels().map(|p| f64::from(p[0])).collect();
+    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+    let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+    FrameQuality {
+        mean_luma: (sum / n) as f32,
+        overexposed_fraction: (over / n) as f32,
+        sharpness: var as f32,
+    }
+}
+
+/// The ABCD-style measurements dermatologists read, from the lesion mask.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Measurements {
+    pub area_px: u64,
+    /// Area in mm² when the dermatoscope's pixel pitch is configured.
+    pub area_mm2: Option<f64>,
+    /// Fraction of the lesion that does not overlap its mirror image about the major and the
+    /// minor principal axis (0 = symmetric).
+    pub asymmetry: [f64; 2],
+    /// Perimeter² / (4π area): 1 for a disc, larger for irregular borders.
+    pub compactness: f64,
+    /// The dermoscopic colours covering >= 5% of the lesion (white, red, light brown, dark
+    /// brown, blue-gray, black).
+    pub colors: Vec<&'static str>,
+    pub bbox: Rect,
+}
+
+/// Reference sRGB values of the six colours of the ABCD rule.
+const DERMOSCOPIC_COLORS: [(&str, [f64; 3]); 6] = [
+    ("white", [235.0, 230.0, 225.0]),
+    ("red", [190.0, 60.0, 60.0]),
+    ("light_brown", [180.0, 120.0, 80.0]),
+    ("dark_brown", [100.0, 60.0, 40.0]),
+    ("blue_gray", [100.0, 115.0, 140.0]),
+    ("black", [30.0, 25.0, 25.0]),
+];
+
+pub fn measure(
+    img: &RgbImage,
+    mask: &GrayImage,
+    pixel_pitch_mm: Option<f64>,
+) -> Option<Measurements> {
+    let pts: Vec<(f64, f64)> = mask
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p[0] > 0)
+        .map(|(x, y, _)| (f64::from(x), f64::from(y)))
+        .collect();
+    if pts.is_empty() {
+        return None;
+    }
+    let n = pts.len() as f64;
+    let (cx, cy) = pts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
+    let (cx, cy) = (cx / n, cy / n);
+    let (mut m20, mut m02, mut m11) = (0.0, 0.0, 0.0);
+    for (x, y) in &pts {
+        m20 += (x - cx).powi(2);
+        m02 += (y - cy).powi(2);
+        m11 += (x - cx) * (y - cy);
+    }
+    let theta = 0.5 * (2.0 * m11).atan2(m20 - m02);
+    let axes = [(theta.cos(), theta.sin()), (-theta.sin(), theta.cos())];
+    let (w, h) = mask.dimensions();
+    let inside = |x: f64, y: f64| {
+        let (xi, yi) = (x.round(), y.round());
+        xi >= 0.0
+            && yi >= 0.0
+            && xi < f64::from(w)
+            && yi < f64::from(h)
+            && mask.get_pixel(xi as u32, yi as u32)[0] > 0
+    };
+    let mut asymmetry = [0.0; 2];
+    for (k, (dx, dy)) in axes.iter().enumerate() {
+        let miss = pts
+            .iter()
+            .filter(|(x, y)| {
+                let (px, py) = (x - cx, y - cy);
+                let along = px * dx + py * dy;
+                // mirror about the axis through the centroid
+                !inside(cx + 2.0 * along * dx - px, cy + 2.0 * along * dy - py)
+            })
+            .count();
+        asymmetry[k] = miss as f64 / n;
+    }
+    let contours = imageproc::contours::find_contours::<i32>(mask);
+    let perimeter: f64 = contours
+        .iter()
+        .filter(|c| c.border_type == imageproc::contours::BorderType::Outer)
+        .map(|c| imageproc::geometry::arc_length(&c.points, true))
+        .fold(0.0, f64::max);
+    let compactness = perimeter.powi(2) / (4.0 * std::f64::consts::PI * n);
+    let mut counts = [0u64; 6];
+    for (x, y) in &pts {
+        let p = img.get_pixel(*x as u32, *y as u32);
+        let nearest = DERMOSCOPIC_COLORS
+            .iter()
+            .enumerate()
+            .min_by(|a, b| dist2(p, &a.1 .1).total_cmp(&dist2(p, &b.1 .1)))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        counts[nearest] += 1;
+    }
+    let colors = DERMOSCOPIC_COLORS
+        .iter()
+        .zip(counts)
+        .filter(|(_, c)| *c as f64 >= 0.05 * n)
+        .map(|((name, _), _)| *name)
+        .collect();
+    let (xs, ys) = (
+        pts.iter().map(|p| p.0 as u32),
+        pts.iter().map(|p| p.1 as u32),
+    );
+    let bbox = Rect {
+        left: xs.clone().min().unwrap_or(0),
+        right: xs.max().unwrap_or(0) + 1,
+        top: ys.clone().min().unwrap_or(0),
+        bottom: ys.max().unwrap_or(0) + 1,
+    };
+    Some(Measurements {
+        area_px: pts.len() as u64,
+        area_mm2: pixel_pitch_mm.map(|p| n * p * p),
+        asymmetry,
+        compactness,
+        colors,
+        bbox,
+    })
+}
+
+fn dist2(p: &Rgb<u8>, c: &[f64; 3]) -> f64 {
+    (0..3).map(|i| (f64::from(p[i]) - c[i]).powi(2)).sum()
+}
+
+/// The frame with the lesion outline drawn in green, for the `--masks` overlays.
+pub fn overlay(img: &RgbImage, mask: &GrayImage) -> RgbImage {
+    let mut out = img.clone();
+    let (w, h) = mask.dimensions();
+    let on = |x: i64, y: i64| {
+        x >= 0
+            && y >= 0
+            && x < i64::from(w)
+            && y < i64::from(h)
+            && mask.get_pixel(x as u32, y as u32)[0] > 0
+    };
+    for (x, y, p) in out.enumerate_pixels_mut() {
+        let (xi, yi) = (i64::from(x), i64::from(y));
+        if on(xi, yi) && !(on(xi - 1, yi) && on(xi + 1, yi) && on(xi, yi - 1) && on(xi, yi + 1)) {
+            *p = Rgb([0, 255, 0]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bordered(w: u32, h: u32, (top, bottom, left, right): (u32, u32, u32, u32)) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            if y >= top && y < h - bottom && x >= left && x < w - right {
+                Rgb([180, 180, 180])
+            } else {
+                Rgb([0, 0, 0])
+            }
+        })
+    }
+
+    fn disc(w: u32, h: u32, cx: f64, cy: f64, rx: f64, ry: f64) -> GrayImage {
+        GrayImage::from_fn(w, h, |x, y| {
+            let d = ((f64::from(x) - cx) / rx).powi(2) + ((f64::from(y) - cy) / ry).powi(2);
+            Luma([if d <= 1.0 { 255 } else { 0 }])
+        })
+    }
+
+    #[test]
+    fn crop_border_matches_the_trainer() {
+        // the same case as trainer/tests/test_preprocess.py
+        let r = crop_border_box(&bordered(80, 60, (5, 7, 9, 3)), 20, 0.5, 0.5);
+        assert_eq!((r.top, r.bottom, r.left, r.right), (5, 53, 9, 77));
+    }
+
+    #[test]
+    fn crop_border_keeps_dark_and_borderless_frames_whole() {
+        let dark = RgbImage::new(30, 20);
+        assert_eq!(crop_border_box(&dark, 20, 0.5, 0.5), Rect::whole(30, 20));
+        let mut spot = RgbImage::new(40, 40);
+        for y in 10..15 {
+            for x in 10..15 {
+                spot.put_pixel(x, y, Rgb([255, 255, 255]));
+            }
+        }
+        assert_eq!(crop_border_box(&spot, 20, 0.5, 0.5), Rect::whole(40, 40));
+    }
+
+    #[test]
+    fn lesion_box_matches_the_trainer() {
+        let mut m = GrayImage::new(120, 100);
+        for y in 40..60 {
+            for x in 50..70 {
+                m.put_pixel(x, y, Luma([255]));
+            }
+        }
+        let r = lesion_box(&m, 0.25).unwrap();
+        assert_eq!((r.top, r.bottom, r.left, r.right), (35, 65, 45, 75));
+        let mut corner = GrayImage::new(120, 100);
+        for y in 0..10 {
+            for x in 0..10 {
+                corner.put_pixel(x, y, Luma([255]));
+            }
+        }
+        let r = lesion_box(&corner, 0.5).unwrap();
+        assert_eq!((r.top, r.left, r.width(), r.height()), (0, 0, 20, 20));
+        assert_eq!(lesion_box(&GrayImage::new(5, 5), 0.25), None);
+    }
+
+    #[test]
+    fn shades_of_gray_balances_a_colour_cast_and_keeps_grey() {
+        let grey = RgbImage::from_pixel(8, 8, Rgb([100, 100, 100]));
+        assert_eq!(shades_of_gray(&grey, 6.0), grey);
+        let cast = RgbImage::from_fn(32, 32, |x, y| {
+            let g = 60.0 + f64::from((x * 7 + y * 13) % 140);
+            Rgb([g as u8, (g * 0.8) as u8, (g * 0.6) as u8])
+        });
+        let out = shades_of_gray(&cast, 6.0);
+        let mean =
+            |img: &RgbImage, c: usize| img.pixels().map(|p| f64::from(p[c])).sum::<f64>() / 1024.0;
+        let spread = |img: &RgbImage| {
+            let m: Vec<f64> = (0..3).map(|c| mean(img, c)).collect();
+            m.iter().cloned().fold(f64::MIN, f64::max) - m.iter().cloned().fold(f64::MAX, f64::min)
+        };
+        assert!(spread(&cast) > 40.0);
+        assert!(spread(&out) < 3.0, "{}", spread(&out));
+    }
+
+    #[test]
+    fn normalize_is_nchw_and_flips() {
+        let mut img = RgbImage::new(3, 2);
+        img.put_pixel(0, 0, Rgb([255, 0, 0]));
+        let t = normalize(&img, [0.5; 3], [0.5, 0.25, 0.5], 1.0 / 255.0, false);
+        let a = t.to_plain_array_view::<f32>().unwrap();
+        assert_eq!(a.shape(), &[1, 3, 2, 3]);
+        assert!((a[[0, 0, 0, 0]] - 1.0).abs() < 1e-6);
+        assert!((a[[0, 1, 0, 0]] + 2.0).abs() < 1e-6);
+        let f = normalize(&img, [0.5; 3], [0.5; 3], 1.0 / 255.0, true);
+        assert!((f.to_plain_array_view::<f32>().unwrap()[[0, 0, 0, 2]] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn largest_component_is_kept_and_its_holes_filled() {
+        let mut m = disc(100, 100, 40.0, 40.0, 20.0, 20.0);
+        for y in 38..43 {
+            for x in 38..43 {
+                m.put_pixel(x, y, Luma([0])); // a hole
+            }
+        }
+        for y in 85..90 {
+            for x in 85..90 {
+                m.put_pixel(x, y, Luma([255])); // a small second blob
+            }
+        }
+        let out = largest_component_filled(&m);
+        assert_eq!(out.get_pixel(40, 40)[0], 255);
+        assert_eq!(out.get_pixel(87, 87)[0], 0);
+        assert_eq!(
+            largest_component_filled(&GrayImage::new(4, 4))
+                .pixels()
+                .filter(|p| p[0] > 0)
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_disc_is_symmetric_and_compact() {
+        let img = RgbImage::from_pixel(200, 200, Rgb([100, 60, 40]));
+        let m = measure(&img, &disc(200, 200, 100.0, 100.0, 50.0, 50.0), None).unwrap();
+        assert!(
+            m.asymmetry[0] < 0.03 && m.asymmetry[1] < 0.03,
+            "{:?}",
+            m.asymmetry
+        );
+        assert!((0.95..1.15).contains(&m.compactness), "{}", m.compactness);
+        assert_eq!(m.colors, vec!["dark_brown"]);
+    }
+
+    #[test]
+    fn an_ellipse_has_its_known_area_and_is_symmetric() {
+        let img = RgbImage::from_pixel(300, 200, Rgb([180, 120, 80]));
+        let m = measure(&img, &disc(300, 200, 150.0, 100.0, 80.0, 40.0), Some(0.01)).unwrap();
+        let area = std::f64::consts::PI * 80.0 * 40.0;
+        assert!(
+            (m.area_px as f64 - area).abs() / area < 0.01,
+            "{}",
+            m.area_px
+        );
+        assert!((m.area_mm2.unwrap() - m.area_px as f64 * 1e-4).abs() < 1e-9);
+        assert!(
+            m.asymmetry[0] < 0.03 && m.asymmetry[1] < 0.03,
+            "{:?}",
+            m.asymmetry
+        );
+        assert!(
+            m.compactness > 1.1,
+            "an elongated shape is less compact: {}",
+            m.compactness
+        );
+        assert_eq!((m.bbox.left, m.bbox.right), (70, 231));
+    }
+
+    #[test]
+    fn a_half_disc_is_asymmetric_about_one_axis_and_irregular_shapes_less_compact() {
+        let img = RgbImage::from_pixel(200, 200, Rgb([30, 25, 25]));
+        let mut half = disc(200, 200, 100.0, 100.0, 60.0, 60.0);
+        for y in 0..200 {
+            for x in 100..200 {
+                half.put_pixel(x, y, Luma([0]));
+            }
+        }
+        let m = measure(&img, &half, None).unwrap();
+        let (lo, hi) = (
+            m.asymmetry[0].min(m.asymmetry[1]),
+            m.asymmetry[0].max(m.asymmetry[1]),
+        );
+        assert!(lo < 0.05 && hi > 0.15, "{:?}", m.asymmetry);
+        let star = GrayImage::from_fn(200, 200, |x, y| {
+            let (dx, dy) = (f64::from(x) - 100.0, f64::from(y) - 100.0);
+            let r = 50.0 + 20.0 * (8.0 * dy.atan2(dx)).sin();
+            Luma([if dx.hypot(dy) <= r { 255 } else { 0 }])
+        });
+        let s = measure(&img, &star, None).unwrap();
+        assert!(s.compactness > 1.4, "{}", s.compactness);
+        assert_eq!(s.colors, vec!["black"]);
+    }
+
+    #[test]
+    fn touching_the_field_border_is_detected() {
+        let inside = disc(100, 100, 50.0, 50.0, 20.0, 20.0);
+        let field = Rect {
+            top: 10,
+            bottom: 90,
+            left: 10,
+            right: 90,
+        };
+        assert!(!touches_border(&inside, field));
+        let cut = disc(100, 100, 15.0, 50.0, 20.0, 20.0);
+        assert!(touches_border(&cut, field));
+    }
+
+    #[test]
+    fn frame_quality_sees_dark_bright_and_blurred_frames() {
+        let field = Rect::whole(64, 64);
+        let dark = frame_quality(&RgbImage::from_pixel(64, 64, Rgb([10, 10, 10])), field);
+        assert!(dark.mean_luma < 11.0 && dark.sharpness < 1e-6);
+        let white = frame_quality(&RgbImage::from_pixel(64, 64, Rgb([255, 255, 255])), field);
+        assert!(white.overexposed_fraction > 0.99);
+        let checker = RgbImage::from_fn(64, 64, |x, y| {
+            if (x / 2 + y / 2) % 2 == 0 {
+                Rgb([200; 3])
+            } else {
+                Rgb([60; 3])
+            }
+        });
+        assert!(frame_quality(&checker, field).sharpness > 1000.0);
+    }
+
+    #[test]
+    fn mask_from_logits_pastes_into_the_border_box() {
+        let logits = vec![5.0f32; 16];
+        let bx = Rect {
+            top: 2,
+            bottom: 6,
+            left: 3,
+            right: 9,
+        };
+        let m = mask_from_logits(&logits, (4, 4), (12, 8), bx, 0.5);
+        assert_eq!(m.pixels().filter(|p| p[0] > 0).count(), 24);
+        assert_eq!(m.get_pixel(3, 2)[0], 255);
+        assert_eq!(m.get_pixel(2, 2)[0], 0);
+    }
+}

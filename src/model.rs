@@ -317,10 +317,11 @@ impl Model {
     }
 }
 
+/// A manifest file and what reading it gave.
+pub type ManifestEntry = (PathBuf, Result<Manifest, ModelError>);
+
 /// Every manifest in `dir` (not the reference files), sorted by file name.
-pub fn manifests_in(
-    dir: &Path,
-) -> Result<Vec<(PathBuf, Result<Manifest, ModelError>)>, ModelError> {
+pub fn manifests_in(dir: &Path) -> Result<Vec<ManifestEntry>, ModelError> {
     let entries = fs::read_dir(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
         source,
@@ -346,12 +347,17 @@ pub fn manifests_in(
 
 /// The manifest for `task` at `precision` in `dir` (e.g. segmentation, "float32").
 pub fn find(dir: &Path, task: &str, precision: &str) -> Result<PathBuf, ModelError> {
+    let mut broken = None;
     for (path, m) in manifests_in(dir)? {
-        if let Ok(m) = m {
-            if m.task == task && m.precision == precision {
-                return Ok(path);
-            }
+        match m {
+            Ok(m) if m.task == task && m.precision == precision => return Ok(path),
+            Ok(_) => {}
+            Err(e) => broken = broken.or(Some(e)),
         }
+    }
+    // A broken manifest may be the one that was meant: say so rather than "missing".
+    if let Some(e) = broken {
+        return Err(e);
     }
     Err(ModelError::Missing {
         dir: dir.to_path_buf(),

@@ -29,6 +29,8 @@ pub struct AnalysisConfig {
     pub min_sharpness: f32,
     /// Lesion smaller than this fraction of the field: no lesion found.
     pub min_lesion_fraction: f32,
+    /// More than this fraction of the lesion's outline on the field's edge: cut off.
+    pub max_border_contact: f32,
     /// Size of one pixel on the skin, for areas in mm².
     pub pixel_pitch_mm: Option<f64>,
     /// Average the classifier over the frame and its mirror, when the manifest asks for it.
@@ -42,8 +44,9 @@ impl Default for AnalysisConfig {
             min_mean_luma: 40.0,
             max_mean_luma: 235.0,
             max_overexposed_fraction: 0.25,
-            min_sharpness: 15.0,
+            min_sharpness: 4.0,
             min_lesion_fraction: 0.005,
+            max_border_contact: 0.25,
             pixel_pitch_mm: None,
             tta: true,
         }
@@ -82,7 +85,8 @@ pub struct Quality {
     pub frame: FrameQuality,
     /// Lesion area over the usable field area (0 when none was found).
     pub lesion_fraction: f32,
-    pub lesion_touches_border: bool,
+    /// Fraction of the lesion's outline lying on the field's edge (0 = wholly inside).
+    pub lesion_border_contact: f32,
 }
 
 /// Per-class probabilities in the ISIC order.
@@ -262,11 +266,11 @@ impl Analyzer {
         let area = mask.pixels().filter(|p| p[0] > 0).count() as f64;
         let lesion_fraction =
             (area / (f64::from(field.width()) * f64::from(field.height()))) as f32;
-        let touches = area > 0.0 && vision::touches_border(&mask, field);
+        let contact = vision::border_contact(&mask, field) as f32;
         timings.lesion_ms = ms(t);
         if lesion_fraction < c.min_lesion_fraction {
             reasons.push(Reason::NoLesion);
-        } else if touches {
+        } else if contact > c.max_border_contact {
             reasons.push(Reason::LesionCutOff);
         }
 
@@ -301,7 +305,7 @@ impl Analyzer {
             quality: Quality {
                 frame: fq,
                 lesion_fraction,
-                lesion_touches_border: touches,
+                lesion_border_contact: contact,
             },
             classification,
             lesion,

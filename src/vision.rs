@@ -414,11 +414,41 @@ pub fn fill_holes(mask: &GrayImage) -> GrayImage {
     })
 }
 
-/// Does the lesion reach the edge of the usable field (the `crop_border` box)?
-pub fn touches_border(mask: &GrayImage, field: Rect) -> bool {
-    let on = |x: u32, y: u32| mask.get_pixel(x, y)[0] > 0;
-    (field.left..field.right).any(|x| on(x, field.top) || on(x, field.bottom - 1))
-        || (field.top..field.bottom).any(|y| on(field.left, y) || on(field.right - 1, y))
+/// How much of the lesion's outline lies on the edge of the usable field (the `crop_border`
+/// box): 0 for a lesion wholly inside, 1 for one that fills the field. Outline pixels are
+/// lesion pixels with a 4-neighbour outside the lesion or outside the field.
+pub fn border_contact(mask: &GrayImage, field: Rect) -> f64 {
+    let on = |x: i64, y: i64| {
+        x >= i64::from(field.left)
+            && y >= i64::from(field.top)
+            && x < i64::from(field.right)
+            && y < i64::from(field.bottom)
+            && mask.get_pixel(x as u32, y as u32)[0] > 0
+    };
+    let (mut outline, mut edge) = (0u64, 0u64);
+    for y in field.top..field.bottom {
+        for x in field.left..field.right {
+            let (xi, yi) = (i64::from(x), i64::from(y));
+            if !on(xi, yi) {
+                continue;
+            }
+            if !(on(xi - 1, yi) && on(xi + 1, yi) && on(xi, yi - 1) && on(xi, yi + 1)) {
+                outline += 1;
+                if x == field.left
+                    || y == field.top
+                    || x + 1 == field.right
+                    || y + 1 == field.bottom
+                {
+                    edge += 1;
+                }
+            }
+        }
+    }
+    if outline == 0 {
+        0.0
+    } else {
+        edge as f64 / outline as f64
+    }
 }
 
 /// Exposure and focus of a frame.
@@ -791,17 +821,24 @@ mod tests {
     }
 
     #[test]
-    fn touching_the_field_border_is_detected() {
-        let inside = disc(100, 100, 50.0, 50.0, 20.0, 20.0);
+    fn border_contact_measures_how_much_of_the_outline_is_cut_off() {
         let field = Rect {
             top: 10,
             bottom: 90,
             left: 10,
             right: 90,
         };
-        assert!(!touches_border(&inside, field));
-        let cut = disc(100, 100, 15.0, 50.0, 20.0, 20.0);
-        assert!(touches_border(&cut, field));
+        assert_eq!(
+            border_contact(&disc(100, 100, 50.0, 50.0, 20.0, 20.0), field),
+            0.0
+        );
+        // centre 5 px outside the field: the straight cut is a large share of the outline pixels
+        let cut = border_contact(&disc(100, 100, 5.0, 50.0, 20.0, 20.0), field);
+        assert!((0.3..0.6).contains(&cut), "{cut}");
+        let grazing = border_contact(&disc(100, 100, 30.0, 50.0, 20.0, 20.0), field);
+        assert!(grazing > 0.0 && grazing < 0.05, "{grazing}");
+        let full = GrayImage::from_pixel(100, 100, Luma([255]));
+        assert_eq!(border_contact(&full, field), 1.0);
     }
 
     #[test]

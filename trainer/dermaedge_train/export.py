@@ -286,7 +286,7 @@ def export(
     manifests = []
     for precision, path, parity in variants:
         fn = onnx_logits_fn(path)
-        eval_dir = out_dir / "eval" / path.stem
+        eval_dir = run_dir / "export-eval" / path.stem  # figures stay with the run
         temperature = float(ckpt.get("temperature", 1.0))
         if is_cls:
             rep = evaluate_classification(

@@ -231,7 +231,7 @@ def test_export_segmenter_and_evaluate_full_resolution(seg_run, tmp_path):
     assert int8["metrics"]["parity"]["mask_agreement_vs_float32"] >= 0.99
     assert 0 <= f32["metrics"]["thresholded_jaccard"] <= f32["metrics"]["jaccard"] <= 1
     assert f32["decision"]["mask_threshold"] == 0.5
-    assert list((models / "eval" / "segmenter-f32").glob("worst_*.png"))
+    assert list((seg_run / "export-eval" / "segmenter-f32").glob("worst_*.png"))
 
 
 @pytest.mark.parametrize(

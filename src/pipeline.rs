@@ -236,6 +236,8 @@ impl Analyzer {
         let t = Instant::now();
         let prepared_seg = vision::prepare(frame, &seg.preprocessing, None);
         let field = prepared_seg.border_box;
+        let prepare_ms = ms(t);
+        let t = Instant::now();
         let fq = vision::frame_quality(frame, field);
         timings.quality_ms = ms(t);
         let mut reasons = Vec::new();
@@ -252,7 +254,7 @@ impl Analyzer {
         // Segment, keep the largest lesion, fill its holes.
         let t = Instant::now();
         let logits = self.infer(&self.segmenter, prepared_seg.tensor(false))?;
-        timings.segment_ms = ms(t);
+        timings.segment_ms = prepare_ms + ms(t); // preprocessing + inference
         let t = Instant::now();
         let threshold = seg.decision.mask_threshold.unwrap_or(0.5);
         let raw = vision::mask_from_logits(

@@ -462,31 +462,29 @@ pub struct FrameQuality {
     pub sharpness: f32,
 }
 
+/// Exposure and focus, measured on the field scaled to at most 512 px on its long side (the
+/// figures barely move with the scale, the cost does).
 pub fn frame_quality(img: &RgbImage, field: Rect) -> FrameQuality {
-    let roi = crop(img, field);
+    let view = imageops::crop_imm(img, field.left, field.top, field.width(), field.height());
+    let long = field.width().max(field.height());
+    let roi = if long > 512 {
+        let s = 512.0 / f64::from(long);
+        let w = ((f64::from(field.width()) * s).round() as u32).max(1);
+        let h = ((f64::from(field.height()) * s).round() as u32).max(1);
+        imageops::resize(&*view, w, h, FilterType::Triangle)
+    } else {
+        view.to_image()
+    };
     let n = f64::from(roi.width()) * f64::from(roi.height());
     let (mut sum, mut over) = (0f64, 0f64);
-    for p in roi.pixels() {
-        let l = luma(p);
+    let gray = GrayImage::from_fn(roi.width(), roi.height(), |x, y| {
+        let l = luma(roi.get_pixel(x, y));
         sum += f64::from(l);
         if l >= 250 {
             over += 1.0;
         }
-    }
-    let long = roi.width().max(roi.height());
-    let gray = DynamicImage::ImageRgb8(roi).to_luma8();
-    let gray = if long > 512 {
-        let s = 512.0 / f64::from(long);
-        let (w, h) = gray.dimensions();
-        imageops::resize(
-            &gray,
-            ((f64::from(w) * s).round() as u32).max(1),
-            ((f64::from(h) * s).round() as u32).max(1),
-            FilterType::Triangle,
-        )
-    } else {
-        gray
-    };
+        Luma([l as u8])
+    });
     let lap = imageproc::filter::laplacian_filter(&gray);
     let vals: Vec<f64> = lap.pixels().map(|p| f64::from(p[0])).collect();
     let mean = vals.iter().sum::<f64>() / vals.len() as f64;

@@ -9,9 +9,9 @@ ITER="${ITER:-20}"
 IMAGE=tests/samples/ISIC_0001100.jpg
 mkdir -p runs/bench
 cargo build --release --quiet
-bin=target/release/dermaedge
+bin="$CARGO_TARGET_DIR/release/dermaedge"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "binary: $(du -k $bin | cut -f1) KiB stripped"
+echo "binary: $(du -k "$bin" | cut -f1) KiB stripped (release profile)"
 echo
 echo "| precision | threads | load ms | decode | quality | segment | lesion | classify | measure | pipeline p50 | p90 | peak RSS MB | ORT bare (seg + cls x runs) | pipeline / ORT bare | tract/ORT seg | tract/ORT cls |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -19,3 +19,6 @@ if ! "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e trainer >"$VEN
     return 1 2>/dev/null || exit 1
 fi
 export PATH="$VENV/bin:$PATH"
+# Compiled Rust dependencies live outside the checkout too, so a fresh clone on the same
+# machine (CI) rebuilds only this crate.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dermaedge/target}"

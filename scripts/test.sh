@@ -10,9 +10,6 @@ ruff format --check trainer
 echo "== trainer: pytest"
 python -m pytest trainer/tests
 
-# Compiled dependencies live outside the checkout, so a fresh clone on the same machine (CI)
-# rebuilds only this crate.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dermaedge/target}"
 echo "== device: cargo fmt, clippy"
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings

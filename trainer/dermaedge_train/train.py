@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,15 @@ from .data import CLASSES, class_counts, load_classification, load_segmentation
 from .loader import BatchAugment, LesionDataset, make_loader, model_steps
 from .models import ARCH_MEAN_STD, build_model
 from .splits import load_split, make_split, save_split, select
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors run: the device, the memory layout, bf16 autocast or not."""
+
+    device: torch.device
+    memory_format: torch.memory_format
+    autocast: bool
 
 
 def load_samples(cfg: Config) -> list:
@@ -167,7 +177,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
             min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
         ),
     )
-    autocast = device.type == "cuda" and cfg.train.amp
+    rt = Runtime(device, memory_format, device.type == "cuda" and cfg.train.amp)
 
     start_epoch, best = 0, -1.0
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -191,17 +201,13 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
             criterion,
             optimizer,
             scheduler,
-            device,
-            memory_format,
-            autocast,
+            rt,
             epoch,
             cfg,
             rank,
         )
         if rank == 0:
-            logits, targets = predict(
-                model, val_loader, augment, device, memory_format, autocast, is_cls, cfg.train.tta
-            )
+            logits, targets = predict(model, val_loader, augment, rt, is_cls, cfg.train.tta)
             val = summarize(logits, targets, is_cls)
             score = val["balanced_accuracy"] if is_cls else val["thresholded_jaccard"]
             row = {"epoch": epoch + 1, **stats, "val": val}
@@ -236,9 +242,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
             model,
             val_loader,
             augment,
-            device,
-            memory_format,
-            autocast,
+            rt,
             is_cls,
             cfg.train.tta,
         )
@@ -254,9 +258,7 @@ def train_one_epoch(
     criterion,
     optimizer,
     scheduler,
-    device,
-    memory_format,
-    autocast,
+    rt: Runtime,
     epoch,
     cfg,
     rank,
@@ -265,14 +267,14 @@ def train_one_epoch(
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=rank != 0, leave=False, mininterval=2.0)
     for x, y in bar:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
+        x = x.to(rt.device, non_blocking=True)
+        y = y.to(rt.device, non_blocking=True)
         if cfg.task == "classification":
             x, _ = augment(x)
         else:
             x, y = augment(x, y)
-        x = x.contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        x = x.contiguous(memory_format=rt.memory_format)
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.autocast):
             out = net(x)
         loss = criterion(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -294,13 +296,13 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model, loader, augment, device, memory_format, autocast, is_cls, tta):
+def predict(model, loader, augment, rt: Runtime, is_cls, tta):
     """Logits (classification: mean over identity and horizontal flip when `tta`)."""
     model.eval()
     outs, targets = [], []
     for x, y in loader:
-        x = augment.normalize(x.to(device)).contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        x = augment.normalize(x.to(rt.device)).contiguous(memory_format=rt.memory_format)
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.autocast):
             out = model(x).float()
             if is_cls and tta:
                 out = (out + model(x.flip(-1)).float()) / 2
@@ -325,15 +327,13 @@ def _headline(val: dict) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
 
 
-def calibrate(best_path, model, val_loader, augment, device, memory_format, autocast, is_cls, tta):
+def calibrate(best_path, model, val_loader, augment, rt: Runtime, is_cls, tta):
     """Fit the softmax temperature of the best checkpoint on the validation split."""
-    ckpt = torch.load(best_path, map_location=device, weights_only=False)
+    ckpt = torch.load(best_path, map_location=rt.device, weights_only=False)
     ckpt["temperature"] = 1.0
     if is_cls:
         model.load_state_dict(ckpt["model"])
-        logits, targets = predict(
-            model, val_loader, augment, device, memory_format, autocast, True, tta
-        )
+        logits, targets = predict(model, val_loader, augment, rt, True, tta)
         t = metrics.fit_temperature(logits, targets)
         ckpt["temperature"] = t
         ckpt["val_calibrated"] = {

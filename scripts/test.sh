@@ -15,4 +15,9 @@ cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 echo "== device: cargo test"
 # One optimized build serves the tests and the binary (tract in debug is far too slow).
-cargo test --release
+log="$(mktemp)"
+cargo test --release --lib --tests 2>&1 | tee "$log"
+passed=$(grep -o '[0-9]* passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -o '[0-9]* failed' "$log" | awk '{s += $1} END {print s + 0}')
+rm -f "$log"
+echo "cargo: $passed passed, $failed failed"

@@ -16,6 +16,22 @@ use crate::vision::{self, DecodeError, DecodeLimits, FrameQuality, Measurements}
 
 pub const RESULT_SCHEMA_VERSION: u32 = 1;
 
+/// Long side of the working resolution for quality, mask clean-up and measurements.
+pub const WORKING_SIDE: u32 = 512;
+
+/// Measurements made on the working field, expressed in frame pixels.
+fn to_frame_scale(mut m: Measurements, scale: f64, field: vision::Rect) -> Measurements {
+    let back = |v: u32| (f64::from(v) / scale).round() as u32;
+    m.area_px = (m.area_px as f64 / (scale * scale)).round() as u64;
+    m.bbox = vision::Rect {
+        top: field.top + back(m.bbox.top),
+        bottom: (field.top + back(m.bbox.bottom)).min(field.bottom),
+        left: field.left + back(m.bbox.left),
+        right: (field.left + back(m.bbox.right)).min(field.right),
+    };
+    m
+}
+
 /// The quality gate's limits and the analysis options.
 #[derive(Debug, Clone)]
 pub struct AnalysisConfig {
@@ -232,13 +248,14 @@ impl Analyzer {
         let c = &self.config;
         let seg = &self.segmenter.manifest;
 
-        // Quality of the usable field (inside the dermatoscope's border).
+        // The usable field (inside the dermatoscope's border) at the working resolution.
         let t = Instant::now();
         let prepared_seg = vision::prepare(frame, &seg.preprocessing, None);
         let field = prepared_seg.border_box;
         let prepare_ms = ms(t);
         let t = Instant::now();
-        let fq = vision::frame_quality(frame, field);
+        let (work, scale) = vision::working_field(frame, field, WORKING_SIDE);
+        let fq = vision::frame_quality(&work);
         timings.quality_ms = ms(t);
         let mut reasons = Vec::new();
         if fq.mean_luma < c.min_mean_luma {
@@ -251,24 +268,20 @@ impl Analyzer {
             reasons.push(Reason::Blurred);
         }
 
-        // Segment, keep the largest lesion, fill its holes.
+        // Segment, keep the largest lesion, fill its holes (at the working resolution).
         let t = Instant::now();
         let logits = self.infer(&self.segmenter, prepared_seg.tensor(false))?;
         timings.segment_ms = prepare_ms + ms(t); // preprocessing + inference
         let t = Instant::now();
         let threshold = seg.decision.mask_threshold.unwrap_or(0.5);
-        let raw = vision::mask_from_logits(
-            &logits,
-            seg.input_hw(),
-            frame.dimensions(),
-            field,
-            threshold,
-        );
-        let mask = vision::largest_component_filled(&raw);
-        let area = mask.pixels().filter(|p| p[0] > 0).count() as f64;
-        let lesion_fraction =
-            (area / (f64::from(field.width()) * f64::from(field.height()))) as f32;
-        let contact = vision::border_contact(&mask, field) as f32;
+        let raw = vision::mask_from_logits(&logits, seg.input_hw(), work.dimensions(), threshold);
+        let work_mask = vision::largest_component_filled(&raw);
+        let area = work_mask.pixels().filter(|p| p[0] > 0).count() as f64;
+        let lesion_fraction = (area / (f64::from(work.width()) * f64::from(work.height()))) as f32;
+        let contact =
+            vision::border_contact(&work_mask, vision::Rect::whole(work.width(), work.height()))
+                as f32;
+        let mask = vision::frame_mask(&work_mask, frame.dimensions(), field);
         timings.lesion_ms = ms(t);
         if lesion_fraction < c.min_lesion_fraction {
             reasons.push(Reason::NoLesion);
@@ -278,7 +291,8 @@ impl Analyzer {
 
         let t = Instant::now();
         let lesion = if lesion_fraction > 0.0 {
-            vision::measure(frame, &mask, c.pixel_pitch_mm)
+            vision::measure(&work, &work_mask, c.pixel_pitch_mm.map(|p| p / scale))
+                .map(|m| to_frame_scale(m, scale, field))
         } else {
             None
         };
@@ -286,7 +300,7 @@ impl Analyzer {
 
         let classification = if reasons.is_empty() {
             let t = Instant::now();
-            let cls = self.classify(frame, &mask)?;
+            let cls = self.classify(frame, &mask, field)?;
             timings.classify_ms = ms(t);
             Some(cls)
         } else {
@@ -325,9 +339,20 @@ impl Analyzer {
         })
     }
 
-    fn classify(&self, frame: &RgbImage, mask: &GrayImage) -> Result<Classification, AnalyzeError> {
+    fn classify(
+        &self,
+        frame: &RgbImage,
+        mask: &GrayImage,
+        field: vision::Rect,
+    ) -> Result<Classification, AnalyzeError> {
         let m = &self.classifier.manifest;
-        let prepared = vision::prepare(frame, &m.preprocessing, Some(mask));
+        let seg_border = self.segmenter.manifest.preprocessing.first();
+        let prepared = vision::prepare_with_border(
+            frame,
+            &m.preprocessing,
+            Some(mask),
+            seg_border.map(|step| (step, field)),
+        );
         let mut logits = self.infer(&self.classifier, prepared.tensor(false))?;
         if self.config.tta && m.tta.as_ref().is_some_and(|t| t.horizontal_flip) {
             let flipped = self.infer(&self.classifier, prepared.tensor(true))?;

@@ -269,6 +269,18 @@ impl Prepared {
 
 /// Run the manifest's steps on `img`. `mask` (frame-sized) is needed by `lesion_crop`.
 pub fn prepare(img: &RgbImage, steps: &[Step], mask: Option<&GrayImage>) -> Prepared {
+    prepare_with_border(img, steps, mask, None)
+}
+
+/// [`prepare`], reusing a `crop_border` box already computed on this frame (`known`: that
+/// step and its box) when the steps start with the same step: the segmenter and the
+/// classifier usually share it, and it scans every pixel of the frame.
+pub fn prepare_with_border(
+    img: &RgbImage,
+    steps: &[Step],
+    mask: Option<&GrayImage>,
+    known: Option<(&Step, Rect)>,
+) -> Prepared {
     let mut cur = img.clone();
     let mut cur_mask = mask.cloned();
     let mut origin = (0u32, 0u32);
@@ -282,7 +294,16 @@ pub fn prepare(img: &RgbImage, steps: &[Step], mask: Option<&GrayImage>) -> Prep
                 min_bright_fraction,
                 min_keep,
             } => {
-                let r = crop_border_box(&cur, *luma_threshold, *min_bright_fraction, *min_keep);
+                let r = match known {
+                    Some((k, r))
+                        if k == step
+                            && origin == (0, 0)
+                            && cur.dimensions() == img.dimensions() =>
+                    {
+                        r
+                    }
+                    _ => crop_border_box(&cur, *luma_threshold, *min_bright_fraction, *min_keep),
+                };
                 cur = crop(&cur, r);
                 cur_mask = cur_mask.map(|m| crop_gray(&m, r));
                 origin = (origin.0 + r.left, origin.1 + r.top);
@@ -319,29 +340,43 @@ pub fn prepare(img: &RgbImage, steps: &[Step], mask: Option<&GrayImage>) -> Prep
     }
 }
 
-/// Segmenter logits (h x w) -> a frame-sized 0/255 mask: sigmoid, bilinear resize to the
-/// `crop_border` box, threshold, pasted into the frame (docs/manifest.md).
+/// Segmenter logits (h x w) -> a 0/255 mask of the field at `size`: sigmoid, bilinear
+/// resize, threshold (docs/manifest.md; the device does it at its working resolution).
 pub fn mask_from_logits(
     logits: &[f32],
     (h, w): (usize, usize),
-    frame: (u32, u32),
-    border_box: Rect,
+    size: (u32, u32),
     threshold: f32,
 ) -> GrayImage {
     let probs = image::ImageBuffer::<Luma<f32>, Vec<f32>>::from_fn(w as u32, h as u32, |x, y| {
         let l = logits[y as usize * w + x as usize];
         Luma([1.0 / (1.0 + (-l).exp())])
     });
-    let up = imageops::resize(
-        &probs,
-        border_box.width(),
-        border_box.height(),
-        FilterType::Triangle,
-    );
+    let up = imageops::resize(&probs, size.0, size.1, FilterType::Triangle);
+    GrayImage::from_fn(size.0, size.1, |x, y| {
+        Luma([if up.get_pixel(x, y)[0] > threshold {
+            255
+        } else {
+            0
+        }])
+    })
+}
+
+/// A field mask (any scale) as a frame-sized mask: nearest-neighbour to the field's size,
+/// placed at the field box; background outside it.
+pub fn frame_mask(field_mask: &GrayImage, frame: (u32, u32), field: Rect) -> GrayImage {
+    let (sw, sh) = field_mask.dimensions();
+    let src = |d: u32, n: u32, sn: u32| ((u64::from(d) * u64::from(sn)) / u64::from(n)) as u32;
+    let xs: Vec<u32> = (0..field.width())
+        .map(|x| src(x, field.width(), sw))
+        .collect();
     let mut mask = GrayImage::new(frame.0, frame.1);
-    for (x, y, p) in up.enumerate_pixels() {
-        if p[0] > threshold {
-            mask.put_pixel(x + border_box.left, y + border_box.top, Luma([255]));
+    for y in 0..field.height() {
+        let sy = src(y, field.height(), sh);
+        for (x, &sx) in xs.iter().enumerate() {
+            if field_mask.get_pixel(sx, sy)[0] > 0 {
+                mask.put_pixel(field.left + x as u32, field.top + y, Luma([255]));
+            }
         }
     }
     mask
@@ -462,19 +497,23 @@ pub struct FrameQuality {
     pub sharpness: f32,
 }
 
-/// Exposure and focus, measured on the field scaled to at most 512 px on its long side (the
-/// figures barely move with the scale, the cost does).
-pub fn frame_quality(img: &RgbImage, field: Rect) -> FrameQuality {
+/// The usable field scaled to at most `max_side` pixels on its long side: quality, mask
+/// clean-up and measurements run at this working resolution (their figures barely move with
+/// the scale, their cost does). Returns the image and the scale (<= 1).
+pub fn working_field(img: &RgbImage, field: Rect, max_side: u32) -> (RgbImage, f64) {
     let view = imageops::crop_imm(img, field.left, field.top, field.width(), field.height());
     let long = field.width().max(field.height());
-    let roi = if long > 512 {
-        let s = 512.0 / f64::from(long);
-        let w = ((f64::from(field.width()) * s).round() as u32).max(1);
-        let h = ((f64::from(field.height()) * s).round() as u32).max(1);
-        imageops::resize(&*view, w, h, FilterType::Triangle)
-    } else {
-        view.to_image()
-    };
+    if long <= max_side {
+        return (view.to_image(), 1.0);
+    }
+    let s = f64::from(max_side) / f64::from(long);
+    let w = ((f64::from(field.width()) * s).round() as u32).max(1);
+    let h = ((f64::from(field.height()) * s).round() as u32).max(1);
+    (imageops::resize(&*view, w, h, FilterType::Triangle), s)
+}
+
+/// Exposure and focus of the (working-resolution) field.
+pub fn frame_quality(roi: &RgbImage) -> FrameQuality {
     let n = f64::from(roi.width()) * f64::from(roi.height());
     let (mut sum, mut over) = (0f64, 0f64);
     let gray = GrayImage::from_fn(roi.width(), roi.height(), |x, y| {
@@ -841,10 +880,9 @@ mod tests {
 
     #[test]
     fn frame_quality_sees_dark_bright_and_blurred_frames() {
-        let field = Rect::whole(64, 64);
-        let dark = frame_quality(&RgbImage::from_pixel(64, 64, Rgb([10, 10, 10])), field);
+        let dark = frame_quality(&RgbImage::from_pixel(64, 64, Rgb([10, 10, 10])));
         assert!(dark.mean_luma < 11.0 && dark.sharpness < 1e-6);
-        let white = frame_quality(&RgbImage::from_pixel(64, 64, Rgb([255, 255, 255])), field);
+        let white = frame_quality(&RgbImage::from_pixel(64, 64, Rgb([255, 255, 255])));
         assert!(white.overexposed_fraction > 0.99);
         let checker = RgbImage::from_fn(64, 64, |x, y| {
             if (x / 2 + y / 2) % 2 == 0 {
@@ -853,21 +891,25 @@ mod tests {
                 Rgb([60; 3])
             }
         });
-        assert!(frame_quality(&checker, field).sharpness > 1000.0);
+        assert!(frame_quality(&checker).sharpness > 1000.0);
     }
 
     #[test]
-    fn mask_from_logits_pastes_into_the_border_box() {
+    fn masks_are_made_at_working_scale_and_placed_in_the_frame() {
         let logits = vec![5.0f32; 16];
-        let bx = Rect {
+        let small = mask_from_logits(&logits, (4, 4), (3, 2), 0.5);
+        assert_eq!(small.pixels().filter(|p| p[0] > 0).count(), 6);
+        let field = Rect {
             top: 2,
             bottom: 6,
             left: 3,
             right: 9,
         };
-        let m = mask_from_logits(&logits, (4, 4), (12, 8), bx, 0.5);
+        let m = frame_mask(&small, (12, 8), field);
         assert_eq!(m.pixels().filter(|p| p[0] > 0).count(), 24);
         assert_eq!(m.get_pixel(3, 2)[0], 255);
         assert_eq!(m.get_pixel(2, 2)[0], 0);
+        let (work, scale) = working_field(&RgbImage::new(2000, 1000), Rect::whole(2000, 1000), 512);
+        assert_eq!((work.dimensions(), scale), ((512, 256), 0.256));
     }
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def cmd_train(args) -> None:
     from .train import train
 
     cfg = _config(args)
-    print(f"best checkpoint: {train(cfg, Path(args.out), resume=args.resume)}")
+    best = train(cfg, Path(args.out), resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {best}")
 
 
 def cmd_evaluate(args) -> None:

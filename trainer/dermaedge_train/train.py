@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,7 +266,9 @@ def train_one_epoch(
 ) -> dict:
     net.train()
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=rank != 0, leave=False, mininterval=2.0)
+    # A live bar on a terminal only: logs get the one summary line per epoch.
+    show = rank == 0 and sys.stderr.isatty()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not show, leave=False, mininterval=2.0)
     for x, y in bar:
         x = x.to(rt.device, non_blocking=True)
         y = y.to(rt.device, non_blocking=True)

@@ -85,7 +85,7 @@ pub fn run(
     let mut runs: Vec<Timings> = Vec::new();
     let mut status = String::new();
     for i in 0..iterations + 2 {
-        let a = analyzer
+        let (_, a) = analyzer
             .analyze_bytes(&jpeg, "bench.jpg")
             .map_err(|e| e.to_string())?;
         status = format!("{:?}", a.status).to_lowercase();

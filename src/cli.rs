@@ -204,8 +204,8 @@ fn analyze(
                     .analyze_bytes(&bytes, &name)
                     .map_err(|e| e.to_string())
             });
-        let a = match result {
-            Ok(a) => a,
+        let (frame, a) = match result {
+            Ok(r) => r,
             Err(e) => {
                 eprintln!("dermaedge: {}: {e}", path.display());
                 failed += 1;
@@ -219,19 +219,14 @@ fn analyze(
         } else {
             writeln!(out, "{}", summary(&a)).map_err(|e| e.to_string())?;
         }
-        if let (Some(dir), Some(mask)) = (masks, a.mask.as_ref()) {
-            let frame = fs::read(path)
-                .ok()
-                .and_then(|b| vision::decode(&b, analyzer.config.limits).ok());
-            if let Some(frame) = frame {
-                let stem = path
-                    .file_stem()
-                    .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-                let target = dir.join(format!("{stem}.overlay.png"));
-                vision::overlay(&frame, mask)
-                    .save(&target)
-                    .map_err(|e| format!("{}: cannot write ({e})", target.display()))?;
-            }
+        if let Some(dir) = masks {
+            let stem = path
+                .file_stem()
+                .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+            let target = dir.join(format!("{stem}.overlay.png"));
+            vision::overlay(&frame, &a.mask)
+                .save(&target)
+                .map_err(|e| format!("{}: cannot write ({e})", target.display()))?;
         }
         if let (Some((p, f)), Some(c)) = (csv_out.as_mut(), a.classification.as_ref()) {
             let id = path

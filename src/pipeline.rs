@@ -184,8 +184,9 @@ pub struct Analysis {
     pub lesion: Option<Measurements>,
     pub models: Vec<ModelInfo>,
     pub timings: Timings,
+    /// The lesion mask at frame size (for overlays; not part of the JSON result).
     #[serde(skip)]
-    pub mask: Option<GrayImage>,
+    pub mask: GrayImage,
 }
 
 /// The loaded models and the options: analyzes frames.
@@ -226,15 +227,20 @@ impl Analyzer {
         })
     }
 
-    pub fn analyze_bytes(&self, bytes: &[u8], name: &str) -> Result<Analysis, AnalyzeError> {
-        let t0 = Instant::now();
-        let mut timings = Timings::default();
+    /// Decode and analyze; the decoded frame comes back too (for overlays).
+    pub fn analyze_bytes(
+        &self,
+        bytes: &[u8],
+        name: &str,
+    ) -> Result<(RgbImage, Analysis), AnalyzeError> {
         let t = Instant::now();
         let frame = vision::decode(bytes, self.config.limits)?;
-        timings.decode_ms = ms(t);
-        let mut a = self.analyze_frame(&frame, name, timings)?;
-        a.timings.total_ms = ms(t0);
-        Ok(a)
+        let timings = Timings {
+            decode_ms: ms(t),
+            ..Timings::default()
+        };
+        let a = self.analyze_frame(&frame, name, timings)?;
+        Ok((frame, a))
     }
 
     /// Analyze a decoded frame (the camera path hands frames over already decoded).
@@ -335,7 +341,7 @@ impl Analyzer {
                 })
                 .collect(),
             timings,
-            mask: Some(mask),
+            mask,
         })
     }
 

@@ -37,6 +37,7 @@ def cmd_evaluate(args) -> None:
         torch_logits_fn,
     )
     from .export import load_checkpoint
+    from .loader import lesion_masks_dir
     from .splits import select
     from .train import load_samples, split_samples
 
@@ -53,7 +54,6 @@ def cmd_evaluate(args) -> None:
     fn = onnx_logits_fn(Path(args.onnx)) if args.onnx else torch_logits_fn(model)
     out = Path(args.out)
     if cfg.task == "classification":
-        masks = cfg.data.lesion_crop.masks_dir
         rep = evaluate_classification(
             fn,
             samples,
@@ -61,7 +61,7 @@ def cmd_evaluate(args) -> None:
             float(ckpt.get("temperature", 1.0)),
             out,
             tta=not args.no_tta,
-            masks_dir=Path(masks) if cfg.data.lesion_crop.enabled and masks else None,
+            masks_dir=lesion_masks_dir(cfg),
         )
         print(
             f"{len(samples)} images: BMA {rep['balanced_accuracy']:.4f} "

@@ -54,6 +54,15 @@ def onnx_logits_fn(path: Path, threads: int = 0) -> LogitsFn:
     return run
 
 
+def model_input(sample, steps: list, masks_dir: Path | None = None) -> np.ndarray:
+    """The 1x3xHxW input of one sample, exactly as the manifest's steps make it."""
+    img = load_rgb(sample.image)
+    mask = None
+    if masks_dir is not None:
+        mask = load_mask(masks_dir / f"{sample.image_id}.png", img.shape[:2])
+    return preprocess.apply_steps(img, steps, mask)
+
+
 class _Preprocessed(Dataset):
     def __init__(self, samples: list, steps: list, masks_dir: Path | None):
         self.samples, self.steps, self.masks_dir = samples, steps, masks_dir
@@ -62,12 +71,8 @@ class _Preprocessed(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        s = self.samples[i]
-        img = load_rgb(s.image)
-        mask = None
-        if self.masks_dir is not None:
-            mask = load_mask(self.masks_dir / f"{s.image_id}.png", img.shape[:2])
-        return torch.from_numpy(preprocess.apply_steps(img, self.steps, mask)[0]), i
+        x = model_input(self.samples[i], self.steps, self.masks_dir)
+        return torch.from_numpy(x[0]), i
 
 
 def classify(
@@ -162,13 +167,7 @@ def segment_full(fn: LogitsFn, img: np.ndarray, steps: list, threshold: float = 
     """The lesion mask at the image's resolution, as the device computes it."""
     x = preprocess.apply_steps(img, steps)
     prob = 1 / (1 + np.exp(-fn(x)[0, 0].astype(np.float64)))
-    box = (0, img.shape[0], 0, img.shape[1])
-    for s in steps:
-        if s["op"] == "crop_border":
-            box = preprocess.crop_border_box(
-                img, s["luma_threshold"], s["min_bright_fraction"], s["min_keep"]
-            )
-    t, b, left, r = box
+    t, b, left, r = preprocess.apply_crops(img, steps)[2]
     up = np.asarray(
         Image.fromarray(prob.astype(np.float32), mode="F").resize((r - left, b - t), Image.BILINEAR)
     )

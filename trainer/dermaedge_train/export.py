@@ -35,8 +35,10 @@ from .data import CLASSES, load_rgb
 from .evaluate import (
     evaluate_classification,
     evaluate_segmentation,
+    model_input,
     onnx_logits_fn,
 )
+from .loader import lesion_masks_dir
 from .models import build_model
 from .splits import select
 from .train import load_samples, split_samples
@@ -222,23 +224,10 @@ def export(
     train_set = select(samples, assign, "train")
     if not held_out:
         raise ExportError(f"the {eval_split} split is empty: nothing to check the export on")
-    masks_dir = (
-        Path(cfg.data.lesion_crop.masks_dir)
-        if (is_cls and cfg.data.lesion_crop.enabled and cfg.data.lesion_crop.masks_dir)
-        else None
-    )
+    masks_dir = lesion_masks_dir(cfg)
 
     def inputs(subset: list) -> list[np.ndarray]:
-        out = []
-        for s in subset:
-            img = load_rgb(s.image)
-            mask = None
-            if masks_dir is not None:
-                from .data import load_mask
-
-                mask = load_mask(masks_dir / f"{s.image_id}.png", img.shape[:2])
-            out.append(preprocess.apply_steps(img, steps, mask))
-        return out
+        return [model_input(s, steps, masks_dir) for s in subset]
 
     rng = np.random.default_rng(0)
     parity_set = [held_out[i] for i in rng.permutation(len(held_out))[:parity_images]]

@@ -41,6 +41,14 @@ def model_steps(cfg: Config, mean: tuple, std: tuple) -> list[preprocess.Step]:
     )
 
 
+def lesion_masks_dir(cfg: Config) -> Path | None:
+    """Where the classifier's lesion masks are, when it trains on lesion crops."""
+    lc = cfg.data.lesion_crop
+    if cfg.task == "classification" and lc.enabled and lc.masks_dir:
+        return Path(lc.masks_dir)
+    return None
+
+
 def _section(sec) -> dict | None:
     if not sec.enabled:
         return None
@@ -75,8 +83,7 @@ class LesionDataset(Dataset):
         self.train = train
         self.size = cfg.data.image_size
         self.epoch = 0
-        masks_dir = cfg.data.lesion_crop.masks_dir
-        self.masks_dir = Path(masks_dir) if masks_dir and cfg.data.lesion_crop.enabled else None
+        self.masks_dir = lesion_masks_dir(cfg)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -102,13 +109,13 @@ class LesionDataset(Dataset):
             out = preprocess.apply_steps(img, self.steps, mask, stop_before="normalize")
             if isinstance(s, SegSample):
                 # Validation masks at model resolution; `evaluate` scores at full resolution.
-                m = _steps_until_resize(img, mask, self.steps)[1]
+                m = preprocess.apply_crops(img, self.steps, mask)[1]
                 mask_t = torch.from_numpy(preprocess.resize(m * 255, self.size, self.size) > 127)
                 return _chw(out), mask_t.to(torch.uint8)
             return _chw(out), s.label
         rng = random.Random(hash((self.cfg.data.seed, self.epoch, i)))
         # Per-image steps up to the resize, then a random-resized crop instead of the resize.
-        cropped_img, cropped_mask = _steps_until_resize(img, mask, self.steps)
+        cropped_img, cropped_mask, _ = preprocess.apply_crops(img, self.steps, mask)
         h, w = cropped_img.shape[:2]
         a = self.cfg.data.augment
         t, b, left, r = _random_resized_box(h, w, a.scale, a.ratio, rng)
@@ -121,25 +128,6 @@ class LesionDataset(Dataset):
             m = preprocess.resize(np.ascontiguousarray(m), self.size, self.size) > 127
             return _chw(out), torch.from_numpy(m).to(torch.uint8)
         return _chw(out), s.label
-
-
-def _steps_until_resize(img, mask, steps):
-    for step in steps:
-        if step["op"] == "resize":
-            break
-        if step["op"] == "crop_border":
-            box = preprocess.crop_border_box(
-                img, step["luma_threshold"], step["min_bright_fraction"], step["min_keep"]
-            )
-        elif step["op"] == "lesion_crop":
-            box = None if mask is None else preprocess.lesion_box(mask, step["margin"])
-            if box is None:
-                continue
-        else:
-            continue
-        img = preprocess.crop(img, box)
-        mask = None if mask is None else preprocess.crop(mask, box)
-    return img, mask
 
 
 def _chw(img: np.ndarray) -> torch.Tensor:

@@ -101,6 +101,39 @@ def crop(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return img[t:b, left:r]
 
 
+CROPS = ("crop_border", "lesion_crop")
+
+
+def crop_box(img: np.ndarray, step: Step, mask: np.ndarray | None):
+    """The box a crop step cuts out of `img`, or None when it leaves the image whole."""
+    if step["op"] == "crop_border":
+        return crop_border_box(
+            img, step["luma_threshold"], step["min_bright_fraction"], step["min_keep"]
+        )
+    return None if mask is None else lesion_box(mask, step["margin"])
+
+
+def apply_crops(img: np.ndarray, steps: list[Step], mask: np.ndarray | None = None):
+    """Run the crop steps that come before ``resize``.
+
+    Returns the cropped image, the mask cropped along, and the ``crop_border`` box in the
+    input's coordinates (the whole image without that step): training crops randomly from
+    here, and segmentation maps its output back into that box.
+    """
+    border = (0, img.shape[0], 0, img.shape[1])
+    for step in steps:
+        if step["op"] not in CROPS:
+            break
+        box = crop_box(img, step, mask)
+        if box is None:
+            continue
+        if step["op"] == "crop_border":
+            border = box
+        img = crop(img, box)
+        mask = None if mask is None else crop(mask, box)
+    return img, mask, border
+
+
 def apply_steps(
     img: np.ndarray, steps: list[Step], mask: np.ndarray | None = None, stop_before: str = ""
 ) -> np.ndarray:
@@ -113,16 +146,11 @@ def apply_steps(
         op = step["op"]
         if op == stop_before:
             return img
-        if op == "crop_border":
-            box = crop_border_box(
-                img, step["luma_threshold"], step["min_bright_fraction"], step["min_keep"]
-            )
-            img = crop(img, box)
-            mask = None if mask is None else crop(mask, box)
-        elif op == "lesion_crop":
-            box = None if mask is None else lesion_box(mask, step["margin"])
+        if op in CROPS:
+            box = crop_box(img, step, mask)
             if box is not None:
-                img, mask = crop(img, box), crop(mask, box)
+                img = crop(img, box)
+                mask = None if mask is None else crop(mask, box)
         elif op == "resize":
             img = resize(img, step["width"], step["height"])
         elif op == "shades_of_gray":

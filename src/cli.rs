@@ -1,4 +1,6 @@
-//! The `dermaedge` command line: `analyze` images, list `models`, `bench` the pipeline.
+//! The `dermaedge` command line: `analyze` images, list `models`, `bench` the pipeline, `run`
+//! the daemon and talk to it (`capture`, `status`), export `results`, check a config, list
+//! camera `devices`.
 //!
 //! Every failure is one line on stderr naming the file and the problem; in a batch the other
 //! images still get their results and the exit status is 1 when any image failed.
@@ -9,8 +11,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::Config;
+use crate::daemon;
 use crate::model::{self, CLASSES};
 use crate::pipeline::{AnalysisConfig, Analyzer, Status};
+use crate::store::Store;
 use crate::vision;
 
 #[derive(Parser)]
@@ -89,6 +94,71 @@ enum Command {
         #[arg(long, default_value = "tests/samples/ISIC_0001100.jpg")]
         image: PathBuf,
     },
+    /// Run the daemon: capture, analyze, store in SQLite, deliver over MQTT.
+    Run {
+        /// The TOML config (every key optional; see systemd/dermaedge.toml).
+        #[arg(long, conflicts_with = "demo")]
+        config: Option<PathBuf>,
+        /// Use the embedded demo config: the bundled samples as a watched folder, a local
+        /// database in demo-state/, no camera, no broker. Run from the repository root.
+        #[arg(long)]
+        demo: bool,
+        /// Stop once every file in the watched folder is analyzed (and delivered).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check a config file: prints the problem (naming the key) or "ok".
+    CheckConfig { file: PathBuf },
+    /// List V4L2 capture devices with their formats and frame sizes.
+    Devices,
+    /// Ask a running daemon to capture and analyze (over its control socket).
+    Capture {
+        #[arg(
+            long,
+            env = "DERMAEDGE_SOCKET",
+            default_value = "/run/dermaedge/control.sock"
+        )]
+        socket: PathBuf,
+        /// Analyze this image file instead of a camera frame.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        lesion_id: Option<String>,
+        #[arg(long)]
+        body_site: Option<String>,
+        #[arg(long)]
+        age: Option<u32>,
+        /// female, male, other or unknown.
+        #[arg(long)]
+        sex: Option<String>,
+    },
+    /// Ask a running daemon how it is (over its control socket).
+    Status {
+        #[arg(
+            long,
+            env = "DERMAEDGE_SOCKET",
+            default_value = "/run/dermaedge/control.sock"
+        )]
+        socket: PathBuf,
+    },
+    /// Export stored results (the same JSON as the MQTT messages, or CSV).
+    Results {
+        #[arg(
+            long,
+            env = "DERMAEDGE_DB",
+            default_value = "/var/lib/dermaedge/dermaedge.db"
+        )]
+        db: PathBuf,
+        /// Only results captured at or after this time (RFC 3339, e.g. 2026-11-28 or 2026-11-28T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON message per line (the default).
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV: id, time, source, status, top class, the 8 probabilities, context.
+        #[arg(long)]
+        csv: bool,
+    },
     /// List the installed models with their manifests.
     Models {
         #[arg(long, env = "DERMAEDGE_MODELS", default_value = "models")]
@@ -97,9 +167,70 @@ enum Command {
 }
 
 pub fn main() -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    let level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
+        Command::Run { config, demo, once } => report(run(config.as_deref(), demo, once)),
+        Command::CheckConfig { file } => match Config::from_file(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (device {}, source {:?}, mqtt {})",
+                    file.display(),
+                    c.device_id,
+                    c.source,
+                    c.mqtt.host.as_deref().unwrap_or("off")
+                );
+                0
+            }
+            Err(e) => report(Err(e)),
+        },
+        Command::Devices => {
+            let lines = crate::capture::list_devices();
+            if lines.is_empty() {
+                eprintln!("dermaedge: no V4L2 capture devices (/dev/video*); is the dermatoscope plugged in?");
+                return 1;
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            0
+        }
+        Command::Capture {
+            socket,
+            file,
+            lesion_id,
+            body_site,
+            age,
+            sex,
+        } => {
+            let file = file.map(|f| std::path::absolute(&f).unwrap_or(f));
+            let request = serde_json::json!({
+                "command": "capture", "file": file, "lesion_id": lesion_id,
+                "body_site": body_site, "age": age, "sex": sex,
+            });
+            let request = strip_nulls(request);
+            answer(daemon::control(
+                &socket,
+                &request,
+                std::time::Duration::from_secs(120),
+            ))
+        }
+        Command::Status { socket } => answer(daemon::control(
+            &socket,
+            &serde_json::json!({"command": "status"}),
+            std::time::Duration::from_secs(10),
+        )),
+        Command::Results {
+            db,
+            since,
+            json: _,
+            csv,
+        } => report(export_results(&db, since.as_deref(), csv)),
         Command::Analyze {
             images,
             model,
@@ -244,7 +375,124 @@ fn analyze(
     Ok(failed)
 }
 
-fn summary(a: &crate::pipeline::Analysis) -> String {
+fn report(r: Result<(), String>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("dermaedge: {e}");
+            2
+        }
+    }
+}
+
+fn run(config: Option<&Path>, demo: bool, once: bool) -> Result<(), String> {
+    let config = match (config, demo) {
+        (Some(p), _) => Config::from_file(p)?,
+        (None, true) => Config::parse(crate::config::DEMO).map_err(|e| format!("demo config: {e}"))?,
+        (None, false) => {
+            return Err(
+                "give --config FILE (see systemd/dermaedge.toml), or --demo to try it on the bundled samples"
+                    .into(),
+            )
+        }
+    };
+    daemon::run(config, daemon::RunOptions { once })
+}
+
+fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(o) => o.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        other => other,
+    }
+}
+
+/// Print a daemon's answer; exit status 1 when it says `ok: false`.
+fn answer(r: Result<serde_json::Value, String>) -> i32 {
+    match r {
+        Ok(v) => {
+            println!("{v}");
+            i32::from(v["ok"] != serde_json::Value::Bool(true))
+        }
+        Err(e) => report(Err(e)),
+    }
+}
+
+fn export_results(db: &Path, since: Option<&str>, csv: bool) -> Result<(), String> {
+    if !db.exists() {
+        return Err(format!(
+            "{}: no such database (set --db or DERMAEDGE_DB)",
+            db.display()
+        ));
+    }
+    let since = match since {
+        Some(s) => {
+            let t = humantime::parse_rfc3339_weak(s)
+                .or_else(|_| humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")))
+                .map_err(|e| format!("--since {s:?}: not a date or RFC 3339 time ({e})"))?;
+            Some(humantime::format_rfc3339_millis(t).to_string())
+        }
+        None => None,
+    };
+    let store = Store::open_read_only(db).map_err(|e| e.to_string())?;
+    let messages = store
+        .messages_since(since.as_deref())
+        .map_err(|e| e.to_string())?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let w = |e: std::io::Error| e.to_string();
+    if !csv {
+        for m in messages {
+            writeln!(out, "{m}").map_err(w)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "id,captured_at,device_id,source,trigger,status,top_class,{},malignancy_score,melanoma_flag,lesion_id,body_site",
+        CLASSES.join(",")
+    )
+    .map_err(w)?;
+    for m in messages {
+        let v: serde_json::Value = serde_json::from_str(&m).map_err(|e| e.to_string())?;
+        let s = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => csv_field(s),
+            other => other.to_string(),
+        };
+        let c = &v["result"]["classification"];
+        let probs: Vec<String> = CLASSES.iter().map(|k| s(&c["probabilities"][k])).collect();
+        writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            s(&v["id"]),
+            s(&v["captured_at"]),
+            s(&v["device_id"]),
+            s(&v["source"]),
+            s(&v["trigger"]),
+            s(&v["result"]["status"]),
+            s(&c["top_class"]),
+            probs.join(","),
+            s(&c["malignancy_score"]),
+            s(&c["melanoma_flag"]),
+            s(&v["context"]["lesion_id"]),
+            s(&v["context"]["body_site"]),
+        )
+        .map_err(w)?;
+    }
+    Ok(())
+}
+
+/// Quote a CSV field when it needs it.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One line for people: the top class and flags, or why the frame must be taken again.
+pub fn summary(a: &crate::pipeline::Analysis) -> String {
     match (&a.status, &a.classification) {
         (Status::Ok, Some(c)) => format!(
             "{}: {} {:.1}% | malignancy {:.2} | melanoma flag {} | lesion {} px, asymmetry {:.2}/{:.2}, compactness {:.2}, colours {}",

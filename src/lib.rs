@@ -3,11 +3,21 @@
 //! - [`model`]: manifests (the trainer's contract), verified loading into tract.
 //! - [`vision`]: decoding, the manifest's preprocessing steps, quality, masks, measurements.
 //! - [`pipeline`]: one frame to one [`pipeline::Analysis`] (the device's result contract).
+//! - [`capture`]: V4L2 cameras, frame conversion, reconnect backoff.
+//! - [`config`]: the daemon's TOML configuration.
+//! - [`store`]: SQLite (captures, results, outbox) and the saved images.
+//! - [`publish`]: MQTT delivery from the outbox, status, commands, Home Assistant discovery.
+//! - [`daemon`]: the service that wires them together.
 //! - [`bench`]: latency, load time and memory figures.
 //! - [`cli`]: the `dermaedge` command line.
 
 pub mod bench;
+pub mod capture;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod model;
 pub mod pipeline;
+pub mod publish;
+pub mod store;
 pub mod vision;

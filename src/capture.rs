@@ -1,0 +1,1695 @@
+//! Camera capture: everything between the dermatoscope's V4L2 device node and an RGB frame.
+//!
+//! This module owns the `[camera]` config section, format negotiation (MJPEG preferred, YUYV
+//! as the fallback), the mmap stream, YUYV and MJPEG decoding (including the Huffman tables
+//! many UVC cameras leave out), `dermaedge devices` listing, and the backoff schedule the
+//! daemon follows while the camera is unplugged. Nothing here panics on data from the device:
+//! a bad frame is an error value, and a bad stream is a reason to reconnect.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use image::{ImageFormat, RgbImage};
+use v4l::buffer::{Flags as BufferFlags, Metadata, Type as BufferType};
+use v4l::capability::Flags as CapabilityFlags;
+use v4l::format::Description as FormatDescription;
+use v4l::framesize::FrameSizeEnum;
+use v4l::io::mmap::Stream;
+use v4l::io::traits::CaptureStream;
+use v4l::video::Capture;
+use v4l::{Device, Format, FourCC};
+
+/// Largest width or height we accept from the config or the driver.
+const MAX_DIMENSION: u32 = 8192;
+/// Ten seconds of frames at 30 fps is more than any auto exposure needs.
+const MAX_WARMUP_FRAMES: u32 = 300;
+/// Few buffers keep frames fresh: a full queue holds frames from when we last looked.
+const BUFFER_COUNT: u32 = 4;
+/// Low light can drop UVC cameras to a few frames per second; longer than this is a stall.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CONSECUTIVE_CORRUPT: u32 = 10;
+/// Signals interrupt poll(2); after this many in a row something else is wrong.
+const MAX_INTERRUPTIONS: u32 = 5;
+/// Keeps `Instant + delay` far from overflow whatever the caller configures.
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+
+const FOURCC_MJPG: [u8; 4] = *b"MJPG";
+const FOURCC_JPEG: [u8; 4] = *b"JPEG";
+const FOURCC_YUYV: [u8; 4] = *b"YUYV";
+
+// Linux errno values (identical on x86 and arm); std names only some of them.
+const EIO: i32 = 5;
+const ENXIO: i32 = 6;
+const EBUSY: i32 = 16;
+const ENODEV: i32 = 19;
+const ENOTTY: i32 = 25;
+const ENOSPC: i32 = 28;
+
+/// `[camera]` section of the daemon's TOML config. Every key optional.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraSettings {
+    /// V4L2 capture node; a stable `/dev/v4l/by-id/...` link works too.
+    pub device: PathBuf,
+    pub format: FormatChoice,
+    /// Requested size; the driver may pick the nearest it supports and we use what it picks.
+    pub width: u32,
+    pub height: u32,
+    /// Frames dropped after opening while auto exposure settles. Opening always reads at
+    /// least one frame, to prove the camera streams.
+    pub warmup_frames: u32,
+}
+
+impl Default for CameraSettings {
+    fn default() -> Self {
+        CameraSettings {
+            device: PathBuf::from("/dev/video0"),
+            format: FormatChoice::Auto,
+            width: 1280,
+            height: 960,
+            warmup_frames: 5,
+        }
+    }
+}
+
+impl CameraSettings {
+    /// Checks the values a TOML parser cannot; the message names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let device = self.device.as_os_str();
+        if device.is_empty() {
+            return Err("camera.device: must not be empty (e.g. \"/dev/video0\")".to_string());
+        }
+        if device.as_encoded_bytes().contains(&0) {
+            return Err(format!(
+                "camera.device: must not contain a NUL byte, got {:?}",
+                self.device
+            ));
+        }
+        check_dimension("camera.width", self.width)?;
+        check_dimension("camera.height", self.height)?;
+        if self.warmup_frames > MAX_WARMUP_FRAMES {
+            return Err(format!(
+                "camera.warmup_frames: must be at most {MAX_WARMUP_FRAMES}, got {}",
+                self.warmup_frames
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_dimension(key: &str, value: u32) -> Result<(), String> {
+    if (1..=MAX_DIMENSION).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: must be between 1 and {MAX_DIMENSION}, got {value}"
+        ))
+    }
+}
+
+/// Which pixel format to ask the camera for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatChoice {
+    /// MJPEG when offered (less USB bandwidth, the camera's own JPEG can be stored), else YUYV.
+    Auto,
+    Mjpeg,
+    Yuyv,
+}
+
+impl fmt::Display for FormatChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FormatChoice::Auto => "auto",
+            FormatChoice::Mjpeg => "mjpeg",
+            FormatChoice::Yuyv => "yuyv",
+        })
+    }
+}
+
+/// The pixel format a camera actually streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    Mjpeg,
+    Yuyv,
+}
+
+impl fmt::Display for PixelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PixelFormat::Mjpeg => "MJPEG",
+            PixelFormat::Yuyv => "YUYV",
+        })
+    }
+}
+
+/// One captured frame.
+#[derive(Clone)]
+pub struct Frame {
+    pub rgb: image::RgbImage,
+    pub format: PixelFormat,
+    /// The camera's own JPEG bytes when it sent MJPEG (stored as-is); None for YUYV.
+    /// These may lack Huffman tables; [`jpeg_with_huffman_tables`] makes them standalone.
+    pub jpeg: Option<Vec<u8>>,
+}
+
+// By hand: the derived Debug would print every pixel.
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("size", &self.rgb.dimensions())
+            .field("format", &self.format)
+            .field("jpeg_bytes", &self.jpeg.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("invalid [camera] settings: {reason}")]
+    InvalidSettings { reason: String },
+
+    #[error("cannot open camera {}: {source}; {}", .device.display(), open_hint(.source))]
+    Open { device: PathBuf, source: io::Error },
+
+    #[error("camera {}: cannot {step}: {source}{}", .device.display(), setup_hint(.source))]
+    Setup {
+        device: PathBuf,
+        step: &'static str,
+        source: io::Error,
+    },
+
+    #[error(
+        "{} ({card}, driver {driver}) is not a single-planar video capture device with \
+         streaming; UVC cameras also create metadata nodes: set camera.device to the capture \
+         node (`dermaedge devices` lists them)",
+        .device.display()
+    )]
+    NotCaptureDevice {
+        device: PathBuf,
+        card: String,
+        driver: String,
+    },
+
+    #[error(
+        "camera {} offers no format dermaedge can use with camera.format = \"{wanted}\"; it \
+         offers: {}. dermaedge reads MJPEG and YUYV: set camera.format to \"auto\" or to one \
+         the camera offers",
+        .device.display(),
+        list_or_nothing(.offered)
+    )]
+    NoSupportedFormat {
+        device: PathBuf,
+        wanted: FormatChoice,
+        offered: Vec<String>,
+    },
+
+    #[error(
+        "lost camera {} while streaming: {source}; check that the dermatoscope is plugged in \
+         (`dmesg` shows USB disconnects)",
+        .device.display()
+    )]
+    DeviceLost { device: PathBuf, source: io::Error },
+
+    #[error(
+        "camera {} sent no frame for {} s and may have stalled; replug it, and check `dmesg` \
+         for USB errors",
+        .device.display(),
+        .waited.as_secs_f32()
+    )]
+    Timeout { device: PathBuf, waited: Duration },
+
+    #[error("corrupt {kind} frame: {reason}")]
+    CorruptFrame { kind: PixelFormat, reason: String },
+
+    #[error(
+        "camera {} sent {count} corrupt frames in a row (last: {last}); the USB link may be \
+         unreliable: try another cable or port, or a lower camera.width/height",
+        .device.display()
+    )]
+    CorruptStream {
+        device: PathBuf,
+        count: u32,
+        last: String,
+    },
+}
+
+impl CaptureError {
+    /// True when the daemon should drop the [`Camera`] and reconnect with [`Reconnect`].
+    ///
+    /// A timeout counts: a UVC camera that stops sending frames is usually wedged, and
+    /// reopening it is the cure. Errors from [`Camera::open`] are not "lost" (there is
+    /// nothing to close); whether to retry those is the caller's call.
+    pub fn is_device_lost(&self) -> bool {
+        matches!(
+            self,
+            CaptureError::DeviceLost { .. }
+                | CaptureError::Timeout { .. }
+                | CaptureError::CorruptStream { .. }
+        )
+    }
+}
+
+fn open_hint(error: &io::Error) -> &'static str {
+    match (error.kind(), error.raw_os_error()) {
+        (io::ErrorKind::NotFound, _) => {
+            "is the dermatoscope plugged in? `dermaedge devices` lists the cameras found"
+        }
+        (io::ErrorKind::PermissionDenied, _) => {
+            "is the user in the video group? (`sudo usermod -aG video $USER`, then log in again)"
+        }
+        (_, Some(ENXIO | ENODEV)) => {
+            "the device node exists but no camera answers behind it: replug the dermatoscope"
+        }
+        (_, Some(EBUSY)) => "another program holds the camera; close it (`fuser -v /dev/video*`)",
+        _ => "is the dermatoscope plugged in? is the user in the video group?",
+    }
+}
+
+fn setup_hint(error: &io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(ENOTTY) => {
+            "; this is not a video4linux device: check camera.device (`dermaedge devices` \
+             lists cameras)"
+        }
+        Some(EBUSY) => {
+            "; another program is streaming from this camera: close it (`fuser -v /dev/video*` \
+             shows which)"
+        }
+        Some(ENOSPC) => {
+            "; not enough USB bandwidth: try camera.format = \"mjpeg\", a lower \
+             camera.width/height, or another USB port"
+        }
+        Some(ENODEV | EIO) => "; the camera went away during setup: check the cable and replug it",
+        _ => "",
+    }
+}
+
+fn list_or_nothing(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// An open camera with a running mmap stream.
+///
+/// The v4l stream holds its own reference-counted handle to the device and its buffers are
+/// plain mmap slices, so `Stream<'static>` needs nothing borrowed: the `Device` used to
+/// set it up can be dropped after `open`.
+pub struct Camera {
+    stream: Stream<'static>,
+    path: PathBuf,
+    card: String,
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    bytesperline: u32,
+    /// Our last buffer went back to the driver but waiting for the next one failed; v4l's
+    /// `next()` would queue that buffer a second time (EINVAL), so dequeue it first.
+    dequeue_pending: bool,
+}
+
+impl fmt::Debug for Camera {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.description())
+    }
+}
+
+impl Camera {
+    /// Opens the camera, negotiates format and size, starts streaming and drops the warm-up
+    /// frames.
+    pub fn open(settings: &CameraSettings) -> Result<Camera, CaptureError> {
+        settings
+            .validate()
+            .map_err(|reason| CaptureError::InvalidSettings { reason })?;
+        let path = settings.device.clone();
+        let device = Device::with_path(&path).map_err(|source| CaptureError::Open {
+            device: path.clone(),
+            source,
+        })?;
+        let setup_error = |step: &'static str| {
+            let device = path.clone();
+            move |source: io::Error| CaptureError::Setup {
+                device,
+                step,
+                source,
+            }
+        };
+
+        let caps = device
+            .query_caps()
+            .map_err(setup_error("query its capabilities"))?;
+        let needed = CapabilityFlags::VIDEO_CAPTURE | CapabilityFlags::STREAMING;
+        if !caps.capabilities.contains(needed) {
+            return Err(CaptureError::NotCaptureDevice {
+                device: path,
+                card: caps.card,
+                driver: caps.driver,
+            });
+        }
+
+        let offered = device
+            .enum_formats()
+            .map_err(setup_error("list its pixel formats"))?;
+        let fourccs: Vec<FourCC> = offered.iter().map(|d| d.fourcc).collect();
+        let Some((format, fourcc)) = choose_format(settings.format, &fourccs) else {
+            return Err(CaptureError::NoSupportedFormat {
+                device: path,
+                wanted: settings.format,
+                offered: offered.iter().map(describe_format).collect(),
+            });
+        };
+
+        let requested = Format::new(settings.width, settings.height, fourcc);
+        let actual = device
+            .set_format(&requested)
+            .map_err(setup_error("set the pixel format"))?;
+        check_negotiated(&requested, &actual).map_err(setup_error("set the pixel format"))?;
+        if (actual.width, actual.height) != (requested.width, requested.height) {
+            log::info!(
+                "{}: asked for {}x{}, the driver chose {}x{}",
+                path.display(),
+                requested.width,
+                requested.height,
+                actual.width,
+                actual.height
+            );
+        }
+        // Some drivers leave bytesperline 0 for packed formats; then rows are back to back.
+        let bytesperline = match format {
+            PixelFormat::Yuyv => {
+                let tight = u32::try_from(yuyv_row_bytes(actual.width)).unwrap_or(u32::MAX);
+                actual.stride.max(tight)
+            }
+            PixelFormat::Mjpeg => 0,
+        };
+
+        let mut stream = Stream::with_buffers(&device, BufferType::VideoCapture, BUFFER_COUNT)
+            .map_err(setup_error("allocate capture buffers"))?;
+        stream.set_timeout(FRAME_TIMEOUT);
+
+        let mut camera = Camera {
+            stream,
+            path,
+            card: caps.card,
+            format,
+            width: actual.width,
+            height: actual.height,
+            bytesperline,
+            dequeue_pending: false,
+        };
+        camera.warm_up(settings.warmup_frames)?;
+        log::info!("opened camera {}", camera.description());
+        Ok(camera)
+    }
+
+    pub fn format(&self) -> PixelFormat {
+        self.format
+    }
+
+    /// The size the driver chose, which may differ from the one requested.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// e.g. "/dev/video0 (HD USB Camera) MJPEG 1280x960".
+    pub fn description(&self) -> String {
+        format!(
+            "{} ({}) {} {}x{}",
+            self.path.display(),
+            self.card,
+            self.format,
+            self.width,
+            self.height
+        )
+    }
+
+    /// The next frame from the stream, converted to RGB. A corrupt frame is skipped with a
+    /// warning and the stream goes on; after 10 corrupt frames in a row this gives up with
+    /// [`CaptureError::CorruptStream`].
+    ///
+    /// Frames come in the order the driver filled its buffers: after the caller has been away
+    /// for a while the first few can be that old. Use [`Camera::fresh_frame`] when it matters.
+    pub fn next_frame(&mut self) -> Result<Frame, CaptureError> {
+        let (format, width, height, bytesperline) =
+            (self.format, self.width, self.height, self.bytesperline);
+        let mut last_problem = String::new();
+        for _ in 0..MAX_CONSECUTIVE_CORRUPT {
+            let decoded = self.with_next_buffer(|data, meta| {
+                decode_buffer(data, meta, format, width, height, bytesperline)
+            })?;
+            match decoded {
+                Ok(frame) => return Ok(frame),
+                Err(problem) => {
+                    log::warn!("camera {}: skipped a frame: {problem}", self.path.display());
+                    last_problem = problem.to_string();
+                }
+            }
+        }
+        Err(CaptureError::CorruptStream {
+            device: self.path.clone(),
+            count: MAX_CONSECUTIVE_CORRUPT,
+            last: last_problem,
+        })
+    }
+
+    /// A frame whose capture started after this call, for a capture trigger: drops what
+    /// already waits in the driver's buffers and the frame in flight. Costs up to two frame
+    /// periods.
+    pub fn fresh_frame(&mut self) -> Result<Frame, CaptureError> {
+        let drained = self.drop_ready_frames()?;
+        if !drained {
+            // The frame in flight may have started exposing before the trigger.
+            self.with_next_buffer(|_, _| ())?;
+        }
+        // When draining ended on an empty queue, a dequeue is pending: completing it takes the
+        // frame in flight, so `next_frame` returns the one after it.
+        self.next_frame()
+    }
+
+    fn warm_up(&mut self, frames: u32) -> Result<(), CaptureError> {
+        // The first frame starts the stream (STREAMON); its failures are setup failures with
+        // setup hints (EBUSY, ENOSPC), not a lost device.
+        self.with_next_buffer(|_, _| ())
+            .map_err(|error| match error {
+                CaptureError::DeviceLost { device, source } => CaptureError::Setup {
+                    device,
+                    step: "start streaming",
+                    source,
+                },
+                other => other,
+            })?;
+        for _ in 1..frames {
+            self.with_next_buffer(|_, _| ())?;
+        }
+        Ok(())
+    }
+
+    /// Discards every frame the driver has already finished. Returns true when it stopped
+    /// because none was left (leaving a dequeue pending), false if frames kept coming.
+    fn drop_ready_frames(&mut self) -> Result<bool, CaptureError> {
+        self.stream.set_timeout(Duration::ZERO);
+        let mut outcome = Ok(false);
+        // Bounded: each pass takes microseconds, so more than a queue's worth means a driver
+        // that never runs dry, and the caller's frame is then fresh enough.
+        for _ in 0..=BUFFER_COUNT {
+            match self.with_next_buffer(|_, _| ()) {
+                Ok(()) => {}
+                Err(CaptureError::Timeout { .. }) => {
+                    outcome = Ok(true);
+                    break;
+                }
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            }
+        }
+        self.stream.set_timeout(FRAME_TIMEOUT);
+        outcome
+    }
+
+    /// Waits for the next filled buffer and lends it, with its metadata, to `use_frame`.
+    /// The slice is the whole mapped buffer; the frame is its first `bytesused` bytes.
+    fn with_next_buffer<T>(
+        &mut self,
+        use_frame: impl FnOnce(&[u8], &Metadata) -> T,
+    ) -> Result<T, CaptureError> {
+        let mut last_error = None;
+        for _ in 0..MAX_INTERRUPTIONS {
+            if self.dequeue_pending {
+                match CaptureStream::dequeue(&mut self.stream) {
+                    Ok(_) => self.dequeue_pending = false,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                        last_error = Some(error);
+                        continue;
+                    }
+                    Err(error) => return Err(stream_error(&self.path, error)),
+                }
+            }
+            match CaptureStream::next(&mut self.stream) {
+                Ok((data, meta)) => return Ok(use_frame(data, meta)),
+                Err(error) => {
+                    // next() queues our previous buffer before it waits, and only the wait
+                    // fails in ways worth surviving (timeout, signal).
+                    self.dequeue_pending = true;
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(stream_error(&self.path, error));
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        let error = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::Interrupted));
+        Err(stream_error(&self.path, error))
+    }
+}
+
+fn stream_error(path: &Path, error: io::Error) -> CaptureError {
+    if error.kind() == io::ErrorKind::TimedOut {
+        CaptureError::Timeout {
+            device: path.to_path_buf(),
+            waited: FRAME_TIMEOUT,
+        }
+    } else {
+        CaptureError::DeviceLost {
+            device: path.to_path_buf(),
+            source: error,
+        }
+    }
+}
+
+/// Picks the fourcc to ask for among those the device offers.
+fn choose_format(choice: FormatChoice, offered: &[FourCC]) -> Option<(PixelFormat, FourCC)> {
+    let find = |codes: &[[u8; 4]]| {
+        codes
+            .iter()
+            .find(|code| offered.iter().any(|f| f.repr == **code))
+            .map(FourCC::new)
+    };
+    // Some cameras label their motion JPEG "JPEG" rather than "MJPG"; the bytes are the same.
+    let mjpeg = || find(&[FOURCC_MJPG, FOURCC_JPEG]).map(|f| (PixelFormat::Mjpeg, f));
+    let yuyv = || find(&[FOURCC_YUYV]).map(|f| (PixelFormat::Yuyv, f));
+    match choice {
+        FormatChoice::Auto => mjpeg().or_else(yuyv),
+        FormatChoice::Mjpeg => mjpeg(),
+        FormatChoice::Yuyv => yuyv(),
+    }
+}
+
+/// The driver answers S_FMT with what it will really do; refuse what we cannot decode.
+fn check_negotiated(requested: &Format, actual: &Format) -> Result<(), io::Error> {
+    if actual.fourcc != requested.fourcc {
+        return Err(io::Error::other(format!(
+            "asked for {}, the driver chose {}",
+            fourcc_text(requested.fourcc),
+            fourcc_text(actual.fourcc)
+        )));
+    }
+    let valid = 1..=MAX_DIMENSION;
+    if !valid.contains(&actual.width) || !valid.contains(&actual.height) {
+        return Err(io::Error::other(format!(
+            "the driver chose an unusable frame size {}x{}",
+            actual.width, actual.height
+        )));
+    }
+    Ok(())
+}
+
+fn fourcc_text(fourcc: FourCC) -> String {
+    String::from_utf8_lossy(&fourcc.repr).into_owned()
+}
+
+fn describe_format(description: &FormatDescription) -> String {
+    format!(
+        "{} ({})",
+        fourcc_text(description.fourcc),
+        description.description
+    )
+}
+
+/// Turns one dequeued buffer into a frame; every problem is a `CorruptFrame`.
+fn decode_buffer(
+    data: &[u8],
+    meta: &Metadata,
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    bytesperline: u32,
+) -> Result<Frame, CaptureError> {
+    let corrupt = |reason: &str| CaptureError::CorruptFrame {
+        kind: format,
+        reason: reason.to_string(),
+    };
+    if meta.flags.contains(BufferFlags::ERROR) {
+        return Err(corrupt(
+            "the driver flagged the buffer as damaged (lost USB packets?)",
+        ));
+    }
+    // v4l hands out the whole mapped buffer; only the first `bytesused` bytes are this frame.
+    let used = usize::try_from(meta.bytesused).unwrap_or(usize::MAX);
+    let data = data.get(..used).unwrap_or(data);
+    if data.is_empty() {
+        return Err(corrupt("the driver delivered an empty buffer"));
+    }
+    match format {
+        PixelFormat::Mjpeg => Ok(Frame {
+            rgb: mjpeg_to_rgb(data)?,
+            format,
+            jpeg: Some(data.to_vec()),
+        }),
+        PixelFormat::Yuyv => Ok(Frame {
+            rgb: yuyv_to_rgb(data, width, height, bytesperline)?,
+            format,
+            jpeg: None,
+        }),
+    }
+}
+
+/// Bytes in one YUYV row: every two pixels share four bytes (Y0 U Y1 V); an odd width still
+/// needs the whole last pair.
+fn yuyv_row_bytes(width: u32) -> u64 {
+    u64::from(width).div_ceil(2) * 4
+}
+
+/// Converts packed YUYV 4:2:2 (BT.601, limited range, as UVC cameras send it) to RGB.
+/// `bytesperline` is the row pitch, at least the row itself; rows may be padded.
+pub fn yuyv_to_rgb(
+    data: &[u8],
+    width: u32,
+    height: u32,
+    bytesperline: u32,
+) -> Result<RgbImage, CaptureError> {
+    let corrupt = |reason: String| CaptureError::CorruptFrame {
+        kind: PixelFormat::Yuyv,
+        reason,
+    };
+    if width == 0 || height == 0 {
+        return Err(corrupt(format!("frame size {width}x{height} is empty")));
+    }
+    let row_bytes = yuyv_row_bytes(width);
+    let pitch = u64::from(bytesperline);
+    if pitch < row_bytes {
+        return Err(corrupt(format!(
+            "bytesperline {bytesperline} is shorter than a {width}-pixel row ({row_bytes} bytes)"
+        )));
+    }
+    // The last row needs no padding after it.
+    let needed = pitch
+        .saturating_mul(u64::from(height) - 1)
+        .saturating_add(row_bytes);
+    if (data.len() as u64) < needed {
+        return Err(corrupt(format!(
+            "buffer holds {} bytes, a {width}x{height} frame needs {needed}",
+            data.len()
+        )));
+    }
+    // Both fit in usize: they are at most data.len().
+    let (Ok(pitch), Ok(row_bytes)) = (usize::try_from(pitch), usize::try_from(row_bytes)) else {
+        return Err(corrupt("frame too large for this machine".to_string()));
+    };
+    let width_px = width as usize;
+    let Some(rgb_len) = width_px
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(3))
+    else {
+        return Err(corrupt("frame too large for this machine".to_string()));
+    };
+    let mut rgb = Vec::with_capacity(rgb_len);
+    for row in data.chunks(pitch).take(height as usize) {
+        let Some(pixels) = row.get(..row_bytes) else {
+            return Err(corrupt("row shorter than expected".to_string()));
+        };
+        for (pair, quad) in pixels.chunks_exact(4).enumerate() {
+            let &[y0, u, y1, v] = quad else { continue };
+            rgb.extend_from_slice(&bt601_to_rgb(y0, u, v));
+            if pair * 2 + 1 < width_px {
+                rgb.extend_from_slice(&bt601_to_rgb(y1, u, v));
+            }
+        }
+    }
+    RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| corrupt("converted pixel count does not match the frame size".to_string()))
+}
+
+/// BT.601 limited range (Y 16..235, U/V 16..240) in 8-bit fixed point.
+fn bt601_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
+    let c = 298 * (i32::from(y) - 16);
+    let d = i32::from(u) - 128;
+    let e = i32::from(v) - 128;
+    [
+        clamp_to_u8((c + 409 * e + 128) >> 8),
+        clamp_to_u8((c - 100 * d - 208 * e + 128) >> 8),
+        clamp_to_u8((c + 516 * d + 128) >> 8),
+    ]
+}
+
+fn clamp_to_u8(value: i32) -> u8 {
+    value.clamp(0, 255) as u8
+}
+
+/// Decodes one MJPEG frame. Many UVC cameras omit the Huffman tables (the "MJPEG" convention
+/// assumes the standard ones), so they are inserted when missing. The structure is checked
+/// first because the decoder silently pads a truncated scan with grey.
+pub fn mjpeg_to_rgb(data: &[u8]) -> Result<RgbImage, CaptureError> {
+    let complete = jpeg_with_huffman_tables(data)?;
+    image::load_from_memory_with_format(&complete, ImageFormat::Jpeg)
+        .map(|decoded| decoded.to_rgb8())
+        .map_err(|error| CaptureError::CorruptFrame {
+            kind: PixelFormat::Mjpeg,
+            reason: format!("JPEG decoder: {error}"),
+        })
+}
+
+/// The JPEG with the standard Huffman tables inserted before its first scan when it has none
+/// there, after checking it is complete (SOI ... EOI). Borrowed when nothing was missing.
+pub fn jpeg_with_huffman_tables(data: &[u8]) -> Result<Cow<'_, [u8]>, CaptureError> {
+    let layout = jpeg_layout(data).map_err(|reason| CaptureError::CorruptFrame {
+        kind: PixelFormat::Mjpeg,
+        reason,
+    })?;
+    if layout.has_huffman_tables {
+        return Ok(Cow::Borrowed(data));
+    }
+    let (head, tail) = data.split_at(layout.first_scan);
+    let tables = standard_dht_segment();
+    let mut complete = Vec::with_capacity(data.len() + tables.len());
+    complete.extend_from_slice(head);
+    complete.extend_from_slice(&tables);
+    complete.extend_from_slice(tail);
+    Ok(Cow::Owned(complete))
+}
+
+struct JpegLayout {
+    /// Offset of the first SOS marker: where missing tables go.
+    first_scan: usize,
+    /// A DHT segment precedes the first scan.
+    has_huffman_tables: bool,
+}
+
+const MARKER_SOI: u8 = 0xD8;
+const MARKER_EOI: u8 = 0xD9;
+const MARKER_SOS: u8 = 0xDA;
+const MARKER_DHT: u8 = 0xC4;
+const TRUNCATED: &str = "JPEG ends before its EOI marker (truncated frame)";
+
+/// Walks the marker segments from SOI to EOI, skipping over scan data.
+fn jpeg_layout(data: &[u8]) -> Result<JpegLayout, String> {
+    if !data.starts_with(&[0xFF, MARKER_SOI]) {
+        return Err("not a JPEG: no SOI marker at the start".to_string());
+    }
+    let mut pos = 2;
+    let mut first_scan = None;
+    let mut has_huffman_tables = false;
+    loop {
+        let marker_start = pos;
+        match data.get(pos) {
+            Some(0xFF) => {}
+            Some(_) => return Err(format!("JPEG: expected a marker at byte {pos}")),
+            None => return Err(TRUNCATED.to_string()),
+        }
+        // Any number of 0xFF fill bytes may precede a marker code.
+        while data.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let Some(&marker) = data.get(pos) else {
+            return Err(TRUNCATED.to_string());
+        };
+        pos += 1;
+        match marker {
+            MARKER_EOI => break,
+            // Markers without a length field.
+            0x01 | 0xD0..=0xD7 => continue,
+            MARKER_SOI => return Err(format!("JPEG: second SOI marker at byte {marker_start}")),
+            _ => {}
+        }
+        let Some(&[high, low]) = data.get(pos..pos + 2) else {
+            return Err(TRUNCATED.to_string());
+        };
+        let length = usize::from(u16::from_be_bytes([high, low]));
+        if length < 2 {
+            return Err(format!(
+                "JPEG: marker {marker:02X} at byte {marker_start} has invalid length {length}"
+            ));
+        }
+        let segment_end = pos + length;
+        if segment_end > data.len() {
+            return Err(TRUNCATED.to_string());
+        }
+        if marker == MARKER_DHT && first_scan.is_none() {
+            has_huffman_tables = true;
+        }
+        pos = if marker == MARKER_SOS {
+            first_scan.get_or_insert(marker_start);
+            end_of_scan_data(data, segment_end).ok_or_else(|| TRUNCATED.to_string())?
+        } else {
+            segment_end
+        };
+    }
+    let first_scan = first_scan.ok_or_else(|| "JPEG has no image data (no SOS)".to_string())?;
+    Ok(JpegLayout {
+        first_scan,
+        has_huffman_tables,
+    })
+}
+
+/// Offset of the marker that ends the entropy-coded data starting at `start`. Inside scan data
+/// a 0xFF byte is followed by 0x00 (stuffing), a restart marker or fill, never anything else.
+fn end_of_scan_data(data: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    loop {
+        pos += data.get(pos..)?.iter().position(|&b| b == 0xFF)?;
+        match data.get(pos + 1)? {
+            0x00 | 0xD0..=0xD7 => pos += 2,
+            0xFF => pos += 1,
+            _ => return Some(pos),
+        }
+    }
+}
+
+// The standard Huffman tables of ITU T.81 Annex K.3 (K.3 to K.6), which "MJPEG" assumes.
+const STD_LUMA_DC_LENGTHS: [u8; 16] = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+const STD_CHROMA_DC_LENGTHS: [u8; 16] = [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0];
+const STD_DC_VALUES: [u8; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+const STD_LUMA_AC_LENGTHS: [u8; 16] = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7D];
+const STD_LUMA_AC_VALUES: [u8; 162] = [
+    0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07,
+    0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xA1, 0x08, 0x23, 0x42, 0xB1, 0xC1, 0x15, 0x52, 0xD1, 0xF0,
+    0x24, 0x33, 0x62, 0x72, 0x82, 0x09, 0x0A, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x25, 0x26, 0x27, 0x28,
+    0x29, 0x2A, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49,
+    0x4A, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69,
+    0x6A, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89,
+    0x8A, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7,
+    0xA8, 0xA9, 0xAA, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA, 0xC2, 0xC3, 0xC4, 0xC5,
+    0xC6, 0xC7, 0xC8, 0xC9, 0xCA, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8, 0xD9, 0xDA, 0xE1, 0xE2,
+    0xE3, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xE9, 0xEA, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7, 0xF8,
+    0xF9, 0xFA,
+];
+const STD_CHROMA_AC_LENGTHS: [u8; 16] = [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77];
+const STD_CHROMA_AC_VALUES: [u8; 162] = [
+    0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61, 0x71,
+    0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xA1, 0xB1, 0xC1, 0x09, 0x23, 0x33, 0x52, 0xF0,
+    0x15, 0x62, 0x72, 0xD1, 0x0A, 0x16, 0x24, 0x34, 0xE1, 0x25, 0xF1, 0x17, 0x18, 0x19, 0x1A, 0x26,
+    0x27, 0x28, 0x29, 0x2A, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48,
+    0x49, 0x4A, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68,
+    0x69, 0x6A, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
+    0x88, 0x89, 0x8A, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0xA2, 0xA3, 0xA4, 0xA5,
+    0xA6, 0xA7, 0xA8, 0xA9, 0xAA, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA, 0xC2, 0xC3,
+    0xC4, 0xC5, 0xC6, 0xC7, 0xC8, 0xC9, 0xCA, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8, 0xD9, 0xDA,
+    0xE2, 0xE3, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xE9, 0xEA, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7, 0xF8,
+    0xF9, 0xFA,
+];
+
+/// One DHT segment holding all four standard tables (class << 4 | table id, then lengths and
+/// values), as ffmpeg and libjpeg insert for MJPEG.
+fn standard_dht_segment() -> Vec<u8> {
+    let tables: [(u8, &[u8; 16], &[u8]); 4] = [
+        (0x00, &STD_LUMA_DC_LENGTHS, &STD_DC_VALUES),
+        (0x10, &STD_LUMA_AC_LENGTHS, &STD_LUMA_AC_VALUES),
+        (0x01, &STD_CHROMA_DC_LENGTHS, &STD_DC_VALUES),
+        (0x11, &STD_CHROMA_AC_LENGTHS, &STD_CHROMA_AC_VALUES),
+    ];
+    let mut body = Vec::new();
+    for (class_and_id, lengths, values) in tables {
+        body.push(class_and_id);
+        body.extend_from_slice(lengths);
+        body.extend_from_slice(values);
+    }
+    // 420 bytes: the length field cannot overflow.
+    let length = u16::try_from(body.len() + 2).unwrap_or(u16::MAX);
+    let mut segment = vec![0xFF, MARKER_DHT];
+    segment.extend_from_slice(&length.to_be_bytes());
+    segment.extend_from_slice(&body);
+    segment
+}
+
+/// `dermaedge devices`: every /dev/video* node with its driver and card name and, for
+/// capture devices, their formats and frame sizes, as human-readable lines. Nodes that
+/// cannot be opened are listed with the reason.
+pub fn list_devices() -> Vec<String> {
+    list_devices_in(Path::new("/dev"))
+}
+
+fn list_devices_in(dir: &Path) -> Vec<String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) => return vec![format!("cannot read {}: {error}", dir.display())],
+    };
+    let mut nodes: Vec<(u32, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let number = video_node_number(&entry.file_name().to_string_lossy())?;
+            Some((number, entry.path()))
+        })
+        .collect();
+    if nodes.is_empty() {
+        return vec![format!(
+            "no video devices in {}: is the dermatoscope plugged in? (`dmesg | grep -i uvc` \
+             shows whether the kernel saw it)",
+            dir.display()
+        )];
+    }
+    // Numeric order: video2 before video10.
+    nodes.sort();
+    nodes
+        .iter()
+        .flat_map(|(_, path)| describe_node(path))
+        .collect()
+}
+
+/// 7 for "video7"; None for "video", "videofoo" and other names.
+fn video_node_number(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("video")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn describe_node(path: &Path) -> Vec<String> {
+    let shown = path.display();
+    let device = match Device::with_path(path) {
+        Ok(device) => device,
+        Err(error) => {
+            return vec![format!(
+                "{shown}: cannot open: {error}; {}",
+                open_hint(&error)
+            )]
+        }
+    };
+    let caps = match device.query_caps() {
+        Ok(caps) => caps,
+        Err(error) => {
+            return vec![format!(
+                "{shown}: cannot query it: {error}{}",
+                setup_hint(&error)
+            )]
+        }
+    };
+    let heading = format!(
+        "{shown}: {} (driver {}, {})",
+        caps.card, caps.driver, caps.bus
+    );
+    if !caps.capabilities.contains(CapabilityFlags::VIDEO_CAPTURE) {
+        return vec![format!(
+            "{heading}: not a video capture node (e.g. UVC metadata), skipped"
+        )];
+    }
+    let formats = match device.enum_formats() {
+        Ok(formats) => formats,
+        Err(error) => return vec![heading, format!("  cannot list formats: {error}")],
+    };
+    if formats.is_empty() {
+        return vec![heading, "  offers no formats".to_string()];
+    }
+    let mut lines = vec![heading];
+    for description in &formats {
+        let usable = if choose_format(FormatChoice::Auto, &[description.fourcc]).is_some() {
+            " [usable]"
+        } else {
+            ""
+        };
+        let sizes = match device.enum_framesizes(description.fourcc) {
+            Ok(sizes) => list_or_nothing(
+                &sizes
+                    .iter()
+                    .map(|size| describe_frame_size(&size.size))
+                    .collect::<Vec<_>>(),
+            ),
+            Err(error) => format!("sizes unknown ({error})"),
+        };
+        lines.push(format!(
+            "  {}{usable}: {sizes}",
+            describe_format(description)
+        ));
+    }
+    lines
+}
+
+fn describe_frame_size(size: &FrameSizeEnum) -> String {
+    match size {
+        FrameSizeEnum::Discrete(discrete) => format!("{}x{}", discrete.width, discrete.height),
+        FrameSizeEnum::Stepwise(range) => format!(
+            "{}x{} to {}x{} in steps of {}x{}",
+            range.min_width,
+            range.min_height,
+            range.max_width,
+            range.max_height,
+            range.step_width,
+            range.step_height
+        ),
+    }
+}
+
+/// Where the camera link stands, for status reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    NeverTried,
+    Connected,
+    /// `attempt` attempts in a row have failed; the next waits `retry_in` after the last.
+    Waiting {
+        attempt: u32,
+        retry_in: Duration,
+    },
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkState::NeverTried => f.write_str("not connected yet"),
+            LinkState::Connected => f.write_str("connected"),
+            LinkState::Waiting { attempt, retry_in } => write!(
+                f,
+                "{attempt} failed attempt(s), retrying {:.1} s after the last",
+                retry_in.as_secs_f32()
+            ),
+        }
+    }
+}
+
+/// Reconnect schedule with exponential backoff. Pure: no I/O, the caller passes the time.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    initial: Duration,
+    max: Duration,
+    state: LinkState,
+    not_before: Option<Instant>,
+}
+
+impl Reconnect {
+    /// Delays go `initial`, 2x, 4x ... up to `max` (itself capped at a day; `initial` at `max`).
+    pub fn new(initial: Duration, max: Duration) -> Reconnect {
+        let max = max.min(MAX_BACKOFF);
+        Reconnect {
+            initial: initial.min(max),
+            max,
+            state: LinkState::NeverTried,
+            not_before: None,
+        }
+    }
+
+    /// Records a failed attempt (or a lost connection) and schedules the next attempt.
+    pub fn on_failure(&mut self, now: Instant) {
+        let attempt = match self.state {
+            LinkState::Waiting { attempt, .. } => attempt.saturating_add(1),
+            LinkState::NeverTried | LinkState::Connected => 1,
+        };
+        let retry_in = self.delay_after(attempt);
+        self.state = LinkState::Waiting { attempt, retry_in };
+        // Cannot overflow with delays capped at a day; if it did, retrying now beats never.
+        self.not_before = now.checked_add(retry_in);
+    }
+
+    /// Connected: the next failure starts the backoff from `initial` again.
+    pub fn on_success(&mut self) {
+        self.state = LinkState::Connected;
+        self.not_before = None;
+    }
+
+    /// May we try to connect now? True unless a backoff delay is still running.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|at| now >= at)
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    fn delay_after(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.initial.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    // Known BT.601 limited-range YUV values of the primaries.
+    const RED: (u8, u8, u8) = (81, 90, 240);
+    const GREEN: (u8, u8, u8) = (145, 54, 34);
+    const BLUE: (u8, u8, u8) = (41, 240, 110);
+
+    fn yuyv_solid(width: u32, height: u32, pitch: usize, (y, u, v): (u8, u8, u8)) -> Vec<u8> {
+        let row_bytes = yuyv_row_bytes(width) as usize;
+        let mut data = Vec::new();
+        for _ in 0..height {
+            let mut row: Vec<u8> = [y, u, y, v].repeat(row_bytes / 4);
+            row.resize(pitch, 0xEE);
+            data.extend_from_slice(&row);
+        }
+        data
+    }
+
+    fn assert_near(actual: &Rgb<u8>, expected: [u8; 3], tolerance: u8) {
+        for (a, e) in actual.0.iter().zip(expected) {
+            assert!(
+                a.abs_diff(e) <= tolerance,
+                "got {actual:?}, expected {expected:?}"
+            );
+        }
+    }
+
+    fn assert_corrupt(result: Result<RgbImage, CaptureError>, kind: PixelFormat) -> String {
+        match result {
+            Err(error @ CaptureError::CorruptFrame { kind: k, .. }) if k == kind => {
+                error.to_string()
+            }
+            Err(other) => panic!("expected a corrupt {kind} frame, got {other}"),
+            Ok(image) => panic!("expected an error, decoded {:?}", image.dimensions()),
+        }
+    }
+
+    #[test]
+    fn yuyv_black_and_white() {
+        let black = yuyv_to_rgb(&yuyv_solid(4, 2, 8, (16, 128, 128)), 4, 2, 8).unwrap();
+        assert_eq!(black.dimensions(), (4, 2));
+        assert!(black.pixels().all(|p| p.0 == [0, 0, 0]));
+        let white = yuyv_to_rgb(&yuyv_solid(4, 2, 8, (235, 128, 128)), 4, 2, 8).unwrap();
+        assert!(white.pixels().all(|p| p.0 == [255, 255, 255]));
+        // Out-of-range codes clamp instead of wrapping.
+        let over = yuyv_to_rgb(&yuyv_solid(2, 1, 4, (255, 255, 255)), 2, 1, 4).unwrap();
+        assert_eq!(over.get_pixel(0, 0).0[0], 255);
+        let under = yuyv_to_rgb(&yuyv_solid(2, 1, 4, (0, 0, 0)), 2, 1, 4).unwrap();
+        assert_eq!(under.get_pixel(0, 0).0, [0, 135, 0]);
+    }
+
+    #[test]
+    fn yuyv_primaries() {
+        for (yuv, rgb) in [
+            (RED, [255, 0, 0]),
+            (GREEN, [0, 255, 0]),
+            (BLUE, [0, 0, 255]),
+        ] {
+            let image = yuyv_to_rgb(&yuyv_solid(6, 3, 12, yuv), 6, 3, 12).unwrap();
+            for pixel in image.pixels() {
+                assert_near(pixel, rgb, 2);
+            }
+        }
+    }
+
+    #[test]
+    fn yuyv_pairs_share_chroma_but_not_luma() {
+        let data = [16, 128, 235, 128];
+        let image = yuyv_to_rgb(&data, 2, 1, 4).unwrap();
+        assert_eq!(image.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(image.get_pixel(1, 0).0, [255, 255, 255]);
+    }
+
+    #[test]
+    fn yuyv_skips_row_padding() {
+        // 4 pixels = 8 bytes per row, padded to 16; the 0xEE padding would tint the image.
+        let data = yuyv_solid(4, 3, 16, RED);
+        assert_eq!(data.len(), 48);
+        let image = yuyv_to_rgb(&data, 4, 3, 16).unwrap();
+        assert_eq!(image.dimensions(), (4, 3));
+        for pixel in image.pixels() {
+            assert_near(pixel, [255, 0, 0], 2);
+        }
+        // The last row's padding may be missing.
+        assert!(yuyv_to_rgb(&data[..40], 4, 3, 16).is_ok());
+    }
+
+    #[test]
+    fn yuyv_odd_width_uses_half_of_the_last_pair() {
+        let image = yuyv_to_rgb(&yuyv_solid(3, 2, 8, BLUE), 3, 2, 8).unwrap();
+        assert_eq!(image.dimensions(), (3, 2));
+        assert_near(image.get_pixel(2, 1), [0, 0, 255], 2);
+    }
+
+    #[test]
+    fn yuyv_bad_buffers_are_errors() {
+        let data = yuyv_solid(4, 2, 8, RED);
+        let short = assert_corrupt(yuyv_to_rgb(&data[..15], 4, 2, 8), PixelFormat::Yuyv);
+        assert!(short.contains("15 bytes"), "{short}");
+        let pitch = assert_corrupt(yuyv_to_rgb(&data, 4, 2, 6), PixelFormat::Yuyv);
+        assert!(pitch.contains("bytesperline 6"), "{pitch}");
+        assert_corrupt(yuyv_to_rgb(&data, 0, 2, 8), PixelFormat::Yuyv);
+        assert_corrupt(yuyv_to_rgb(&data, 4, 0, 8), PixelFormat::Yuyv);
+        assert_corrupt(yuyv_to_rgb(&[], 4, 2, 8), PixelFormat::Yuyv);
+        assert_corrupt(yuyv_to_rgb(&[1, 2, 3], 1, 1, 0), PixelFormat::Yuyv);
+        // Sizes that overflow 32-bit arithmetic must not panic or allocate.
+        assert_corrupt(
+            yuyv_to_rgb(&data, u32::MAX, u32::MAX, u32::MAX),
+            PixelFormat::Yuyv,
+        );
+    }
+
+    /// 64x32: left half red, right half blue, JPEG-encoded by the image crate.
+    fn two_colour_jpeg() -> Vec<u8> {
+        let image = RgbImage::from_fn(64, 32, |x, _| {
+            if x < 32 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .encode_image(&image)
+            .unwrap();
+        jpeg
+    }
+
+    /// The same JPEG without its DHT segments, as many UVC cameras send it.
+    fn without_huffman_tables(jpeg: &[u8]) -> Vec<u8> {
+        let first_scan = jpeg_layout(jpeg).unwrap().first_scan;
+        let mut stripped = jpeg[..2].to_vec();
+        let mut pos = 2;
+        while pos < first_scan {
+            let length = usize::from(u16::from_be_bytes([jpeg[pos + 2], jpeg[pos + 3]]));
+            if jpeg[pos + 1] != MARKER_DHT {
+                stripped.extend_from_slice(&jpeg[pos..pos + 2 + length]);
+            }
+            pos += 2 + length;
+        }
+        stripped.extend_from_slice(&jpeg[first_scan..]);
+        stripped
+    }
+
+    #[test]
+    fn mjpeg_decodes_size_and_colours() {
+        let image = mjpeg_to_rgb(&two_colour_jpeg()).unwrap();
+        assert_eq!(image.dimensions(), (64, 32));
+        assert_near(image.get_pixel(8, 16), [255, 0, 0], 12);
+        assert_near(image.get_pixel(56, 16), [0, 0, 255], 12);
+    }
+
+    #[test]
+    fn mjpeg_without_huffman_tables_gets_the_standard_ones() {
+        let jpeg = two_colour_jpeg();
+        let stripped = without_huffman_tables(&jpeg);
+        assert!(stripped.len() < jpeg.len());
+        assert!(!jpeg_layout(&stripped).unwrap().has_huffman_tables);
+        // The decoder alone cannot read it, so the insertion is what makes it work.
+        assert!(image::load_from_memory_with_format(&stripped, ImageFormat::Jpeg).is_err());
+        // The image crate encodes with the standard tables: pixels must match exactly.
+        let repaired = mjpeg_to_rgb(&stripped).unwrap();
+        assert_eq!(repaired, mjpeg_to_rgb(&jpeg).unwrap());
+        // Inserted once, and the result is a standalone JPEG.
+        let complete = jpeg_with_huffman_tables(&stripped).unwrap();
+        assert!(matches!(complete, Cow::Owned(_)));
+        assert!(jpeg_layout(&complete).unwrap().has_huffman_tables);
+        assert!(image::load_from_memory_with_format(&complete, ImageFormat::Jpeg).is_ok());
+        assert!(matches!(
+            jpeg_with_huffman_tables(&jpeg).unwrap(),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn standard_dht_segment_has_the_right_length() {
+        let segment = standard_dht_segment();
+        assert_eq!(&segment[..4], &[0xFF, 0xC4, 0x01, 0xA2]);
+        assert_eq!(segment.len(), 2 + 0x1A2);
+        for (lengths, values) in [
+            (&STD_LUMA_DC_LENGTHS, STD_DC_VALUES.len()),
+            (&STD_CHROMA_DC_LENGTHS, STD_DC_VALUES.len()),
+            (&STD_LUMA_AC_LENGTHS, STD_LUMA_AC_VALUES.len()),
+            (&STD_CHROMA_AC_LENGTHS, STD_CHROMA_AC_VALUES.len()),
+        ] {
+            let count: usize = lengths.iter().map(|&n| usize::from(n)).sum();
+            assert_eq!(count, values);
+        }
+    }
+
+    #[test]
+    fn truncated_mjpeg_is_corrupt() {
+        let jpeg = two_colour_jpeg();
+        let message = assert_corrupt(
+            mjpeg_to_rgb(&jpeg[..jpeg.len() * 3 / 5]),
+            PixelFormat::Mjpeg,
+        );
+        assert!(message.contains("truncated"), "{message}");
+        // Only the EOI missing: the decoder would pad silently, the check must not.
+        assert_corrupt(mjpeg_to_rgb(&jpeg[..jpeg.len() - 2]), PixelFormat::Mjpeg);
+        // Every cut, in both forms, is an error and never a panic.
+        let stripped = without_huffman_tables(&jpeg);
+        for data in [&jpeg, &stripped] {
+            for cut in 0..data.len() {
+                assert_corrupt(mjpeg_to_rgb(&data[..cut]), PixelFormat::Mjpeg);
+            }
+        }
+    }
+
+    /// xorshift: deterministic noise without a rand dependency.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_bytes_are_corrupt_not_a_panic() {
+        for seed in 0..50 {
+            let mut data = noise(seed, 2000);
+            assert_corrupt(mjpeg_to_rgb(&data), PixelFormat::Mjpeg);
+            // Behind a valid SOI the walker has to look further.
+            data[..2].copy_from_slice(&[0xFF, 0xD8]);
+            assert_corrupt(mjpeg_to_rgb(&data), PixelFormat::Mjpeg);
+        }
+        assert_corrupt(mjpeg_to_rgb(&[]), PixelFormat::Mjpeg);
+        assert_corrupt(mjpeg_to_rgb(&[0xFF, 0xD8, 0xFF, 0xD9]), PixelFormat::Mjpeg);
+    }
+
+    #[test]
+    fn damaged_mjpeg_never_panics() {
+        let jpeg = two_colour_jpeg();
+        let flips = noise(7, 400);
+        for (i, pair) in flips.chunks_exact(2).enumerate() {
+            let mut damaged = jpeg.clone();
+            let at = (usize::from(pair[0]) * 256 + usize::from(pair[1]) + i) % damaged.len();
+            damaged[at] ^= pair[1] | 1;
+            // Ok or Err both fine; the point is reaching this line.
+            let _ = mjpeg_to_rgb(&damaged);
+        }
+    }
+
+    #[test]
+    fn decode_buffer_uses_only_bytesused_and_honours_the_error_flag() {
+        let jpeg = two_colour_jpeg();
+        let mut mapped = jpeg.clone();
+        mapped.resize(jpeg.len() + 4096, 0xAB);
+        let meta = Metadata {
+            bytesused: jpeg.len() as u32,
+            ..Metadata::default()
+        };
+        let frame = decode_buffer(&mapped, &meta, PixelFormat::Mjpeg, 64, 32, 0).unwrap();
+        assert_eq!(frame.jpeg.as_deref(), Some(&jpeg[..]));
+        assert_eq!(frame.rgb.dimensions(), (64, 32));
+
+        let damaged = Metadata {
+            flags: BufferFlags::ERROR,
+            ..meta
+        };
+        assert!(decode_buffer(&mapped, &damaged, PixelFormat::Mjpeg, 64, 32, 0).is_err());
+        let empty = Metadata::default();
+        assert!(decode_buffer(&mapped, &empty, PixelFormat::Mjpeg, 64, 32, 0).is_err());
+
+        let yuyv = yuyv_solid(4, 2, 8, GREEN);
+        let meta = Metadata {
+            bytesused: 16,
+            ..Metadata::default()
+        };
+        let frame = decode_buffer(&yuyv, &meta, PixelFormat::Yuyv, 4, 2, 8).unwrap();
+        assert!(frame.jpeg.is_none());
+        assert_near(frame.rgb.get_pixel(3, 1), [0, 255, 0], 2);
+        // A driver claiming more bytes than the buffer holds is clamped, not trusted.
+        let lying = Metadata {
+            bytesused: 1 << 30,
+            ..meta
+        };
+        assert!(decode_buffer(&yuyv, &lying, PixelFormat::Yuyv, 4, 2, 8).is_ok());
+    }
+
+    #[test]
+    fn format_choice_prefers_mjpeg() {
+        let mjpg = FourCC::new(b"MJPG");
+        let jpeg = FourCC::new(b"JPEG");
+        let yuyv = FourCC::new(b"YUYV");
+        let nv12 = FourCC::new(b"NV12");
+        let auto = FormatChoice::Auto;
+        assert_eq!(
+            choose_format(auto, &[yuyv, mjpg]),
+            Some((PixelFormat::Mjpeg, mjpg))
+        );
+        assert_eq!(
+            choose_format(auto, &[nv12, yuyv]),
+            Some((PixelFormat::Yuyv, yuyv))
+        );
+        assert_eq!(
+            choose_format(FormatChoice::Mjpeg, &[jpeg]),
+            Some((PixelFormat::Mjpeg, jpeg))
+        );
+        assert_eq!(
+            choose_format(FormatChoice::Yuyv, &[mjpg, yuyv]),
+            Some((PixelFormat::Yuyv, yuyv))
+        );
+        assert_eq!(choose_format(FormatChoice::Mjpeg, &[yuyv]), None);
+        assert_eq!(choose_format(auto, &[nv12]), None);
+        assert_eq!(choose_format(auto, &[]), None);
+    }
+
+    #[test]
+    fn reconnect_backoff_doubles_caps_and_resets() {
+        let start = Instant::now();
+        let mut link = Reconnect::new(Duration::from_secs(1), Duration::from_secs(10));
+        assert_eq!(link.state(), LinkState::NeverTried);
+        assert!(link.ready(start));
+
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            link.on_failure(start);
+            if let LinkState::Waiting { retry_in, .. } = link.state() {
+                delays.push(retry_in.as_secs());
+            }
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(
+            link.state(),
+            LinkState::Waiting {
+                attempt: 6,
+                retry_in: Duration::from_secs(10)
+            }
+        );
+
+        link.on_success();
+        assert_eq!(link.state(), LinkState::Connected);
+        assert!(link.ready(start));
+        link.on_failure(start);
+        assert_eq!(
+            link.state(),
+            LinkState::Waiting {
+                attempt: 1,
+                retry_in: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn reconnect_ready_only_after_the_delay() {
+        let start = Instant::now();
+        let mut link = Reconnect::new(Duration::from_millis(500), Duration::from_secs(30));
+        link.on_failure(start);
+        assert!(!link.ready(start));
+        assert!(!link.ready(start + Duration::from_millis(499)));
+        assert!(link.ready(start + Duration::from_millis(500)));
+        let later = start + Duration::from_secs(5);
+        link.on_failure(later);
+        assert!(!link.ready(later + Duration::from_millis(999)));
+        assert!(link.ready(later + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn reconnect_survives_extreme_settings() {
+        let start = Instant::now();
+        let mut link = Reconnect::new(Duration::MAX, Duration::MAX);
+        for _ in 0..100 {
+            link.on_failure(start);
+        }
+        assert!(!link.ready(start));
+        let mut zero = Reconnect::new(Duration::ZERO, Duration::ZERO);
+        zero.on_failure(start);
+        assert!(zero.ready(start));
+    }
+
+    #[test]
+    fn settings_defaults_and_validation() {
+        let settings = CameraSettings::default();
+        assert_eq!(settings.device, PathBuf::from("/dev/video0"));
+        assert_eq!(settings.format, FormatChoice::Auto);
+        assert_eq!((settings.width, settings.height), (1280, 960));
+        assert_eq!(settings.warmup_frames, 5);
+        assert_eq!(settings.validate(), Ok(()));
+
+        let width_zero = CameraSettings {
+            width: 0,
+            ..CameraSettings::default()
+        };
+        assert_eq!(
+            width_zero.validate(),
+            Err("camera.width: must be between 1 and 8192, got 0".to_string())
+        );
+        let too_tall = CameraSettings {
+            height: 8193,
+            ..CameraSettings::default()
+        };
+        assert!(too_tall
+            .validate()
+            .unwrap_err()
+            .starts_with("camera.height:"));
+        let slow = CameraSettings {
+            warmup_frames: 301,
+            ..CameraSettings::default()
+        };
+        assert!(slow
+            .validate()
+            .unwrap_err()
+            .starts_with("camera.warmup_frames:"));
+        let no_device = CameraSettings {
+            device: PathBuf::new(),
+            ..CameraSettings::default()
+        };
+        assert!(no_device
+            .validate()
+            .unwrap_err()
+            .starts_with("camera.device:"));
+        let nul = CameraSettings {
+            device: PathBuf::from("/dev/vid\0eo0"),
+            ..CameraSettings::default()
+        };
+        assert!(nul.validate().unwrap_err().starts_with("camera.device:"));
+    }
+
+    #[test]
+    fn settings_deserialize_with_defaults_and_reject_unknown_keys() {
+        use serde::de::value::{Error, MapDeserializer};
+        use serde::de::IntoDeserializer;
+        use serde::Deserialize;
+
+        let partial = MapDeserializer::<_, Error>::new([("width", 640u32)].into_iter());
+        let settings = CameraSettings::deserialize(partial).unwrap();
+        assert_eq!(
+            settings,
+            CameraSettings {
+                width: 640,
+                ..CameraSettings::default()
+            }
+        );
+        let typo = MapDeserializer::<_, Error>::new([("widht", 640u32)].into_iter());
+        let message = CameraSettings::deserialize(typo).unwrap_err().to_string();
+        assert!(message.contains("unknown field `widht`"), "{message}");
+
+        let format = |text: &str| {
+            FormatChoice::deserialize(IntoDeserializer::<Error>::into_deserializer(text))
+        };
+        assert_eq!(format("mjpeg").unwrap(), FormatChoice::Mjpeg);
+        assert_eq!(format("auto").unwrap(), FormatChoice::Auto);
+        assert!(format("MJPEG").is_err());
+    }
+
+    #[test]
+    fn open_nonexistent_device_names_the_path() {
+        let settings = CameraSettings {
+            device: PathBuf::from("/nonexistent/video9"),
+            ..CameraSettings::default()
+        };
+        let error = Camera::open(&settings).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, CaptureError::Open { .. }), "{message}");
+        assert!(message.contains("/nonexistent/video9"), "{message}");
+        assert!(message.contains("plugged in"), "{message}");
+        assert!(!error.is_device_lost());
+    }
+
+    /// A fresh scratch directory (no tempfile dependency here).
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("capture-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn open_rejects_a_file_that_is_not_a_camera() {
+        let dir = scratch_dir("not-a-camera");
+        let path = dir.join("video0");
+        std::fs::write(&path, b"not a camera").unwrap();
+        let settings = CameraSettings {
+            device: path.clone(),
+            ..CameraSettings::default()
+        };
+        let message = Camera::open(&settings).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("not a video4linux device"), "{message}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_invalid_settings_without_touching_devices() {
+        let settings = CameraSettings {
+            device: PathBuf::from("/dev/vid\0eo0"),
+            ..CameraSettings::default()
+        };
+        let error = Camera::open(&settings).unwrap_err();
+        assert!(
+            matches!(error, CaptureError::InvalidSettings { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn list_devices_sorts_numerically_and_explains_failures() {
+        let dir = scratch_dir("list");
+        for name in ["video10", "video2", "video0", "videofoo", "vbi0"] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        let lines = list_devices_in(&dir);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        for (line, name) in lines.iter().zip(["video0", "video2", "video10"]) {
+            assert!(line.contains(&format!("{name}: cannot query")), "{line}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let empty = scratch_dir("list-empty");
+        let lines = list_devices_in(&empty);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("plugged in"), "{}", lines[0]);
+        std::fs::remove_dir_all(&empty).unwrap();
+
+        let missing = list_devices_in(Path::new("/nonexistent/dev"));
+        assert!(missing[0].starts_with("cannot read /nonexistent/dev"));
+    }
+
+    #[test]
+    fn video_node_names() {
+        assert_eq!(video_node_number("video0"), Some(0));
+        assert_eq!(video_node_number("video42"), Some(42));
+        assert_eq!(video_node_number("video"), None);
+        assert_eq!(video_node_number("video-1"), None);
+        assert_eq!(video_node_number("videofoo"), None);
+        assert_eq!(video_node_number("vbi0"), None);
+    }
+
+    #[test]
+    fn errors_name_the_device_and_say_what_to_do() {
+        let device = PathBuf::from("/dev/video3");
+        let lost = CaptureError::DeviceLost {
+            device: device.clone(),
+            source: io::Error::from_raw_os_error(ENODEV),
+        };
+        assert!(lost.is_device_lost());
+        assert!(lost.to_string().contains("/dev/video3"));
+        let timeout = stream_error(&device, io::Error::from(io::ErrorKind::TimedOut));
+        assert!(matches!(timeout, CaptureError::Timeout { .. }));
+        assert!(timeout.is_device_lost());
+        assert!(timeout.to_string().contains("/dev/video3"));
+        let denied = CaptureError::Open {
+            device: device.clone(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert!(denied.to_string().contains("video group"));
+        let bandwidth = CaptureError::Setup {
+            device: device.clone(),
+            step: "start streaming",
+            source: io::Error::from_raw_os_error(ENOSPC),
+        };
+        assert!(bandwidth.to_string().contains("USB bandwidth"));
+        let formats = CaptureError::NoSupportedFormat {
+            device: device.clone(),
+            wanted: FormatChoice::Mjpeg,
+            offered: vec!["NV12 (Y/UV 4:2:0)".to_string()],
+        };
+        let message = formats.to_string();
+        assert!(
+            message.contains("NV12") && message.contains("\"mjpeg\""),
+            "{message}"
+        );
+        assert!(!formats.is_device_lost());
+        let corrupt = CaptureError::CorruptFrame {
+            kind: PixelFormat::Yuyv,
+            reason: "short".to_string(),
+        };
+        assert!(!corrupt.is_device_lost());
+    }
+
+    #[test]
+    fn camera_can_move_to_a_capture_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Camera>();
+        assert_send::<Frame>();
+    }
+}

@@ -1,0 +1,555 @@
+//! MQTT delivery: drains the outbox in order, marks a message delivered only on its PUBACK,
+//! keeps `<prefix>/<device>/status` (retained, with a last will), answers commands, and
+//! publishes Home Assistant discovery topics.
+//!
+//! rumqttc keeps nothing on disk and re-sends its own in-flight messages after a reconnect; we
+//! rely on neither. Every connection gets a fresh client with a clean session, and the outbox
+//! in SQLite says what is still to send: after a reconnect or a restart, everything not yet
+//! acknowledged goes out again from the oldest (at least once; consumers deduplicate by `id`).
+//! A PUBACK is matched to its outbox row through the order of publishes on the connection:
+//! rumqttc reports `Outgoing::Publish(pkid)` in the order the publishes were requested.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use serde_json::json;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::config::{read_secret, Config};
+use crate::daemon::Commands;
+use crate::pipeline::Analysis;
+use crate::store::Store;
+
+/// The topics of one device.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub status: String,
+    pub result: String,
+    pub commands: String,
+    base: String,
+}
+
+impl Topics {
+    pub fn new(config: &Config) -> Topics {
+        let base = format!("{}/{}", config.mqtt.prefix, config.device_id);
+        Topics {
+            status: format!("{base}/status"),
+            result: format!("{base}/result"),
+            commands: format!("{base}/cmd/+"),
+            base,
+        }
+    }
+
+    /// The command name of a topic `<base>/cmd/<name>`, if it is one.
+    pub fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let name = topic.strip_prefix(&self.base)?.strip_prefix("/cmd/")?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
+    pub fn reply(&self, name: &str) -> String {
+        format!("{}/cmd/{name}/reply", self.base)
+    }
+}
+
+/// The connection as the rest of the daemon sees it (for `status` answers and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    Disabled,
+    Connecting,
+    Connected,
+}
+
+pub struct Publisher {
+    config: Arc<Config>,
+    topics: Topics,
+    store: Store,
+    /// Woken when the worker records a result.
+    outbox: Arc<Notify>,
+    commands: Commands,
+    link: watch::Sender<Link>,
+    /// true: finish (deliver what is pending, for `flush` at most), say offline, disconnect.
+    shutdown: watch::Receiver<bool>,
+    flush: Duration,
+}
+
+enum Ended {
+    Shutdown,
+    Lost { was_connected: bool, why: String },
+}
+
+impl Publisher {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        outbox: Arc<Notify>,
+        commands: Commands,
+        link: watch::Sender<Link>,
+        shutdown: watch::Receiver<bool>,
+        flush: Duration,
+    ) -> Publisher {
+        Publisher {
+            topics: Topics::new(&config),
+            config,
+            store,
+            outbox,
+            commands,
+            link,
+            shutdown,
+            flush,
+        }
+    }
+
+    /// Connect, deliver, reconnect with backoff; returns after a shutdown.
+    pub async fn run(mut self) {
+        let host = self.config.mqtt.host.clone().unwrap_or_default();
+        let port = self.config.mqtt.port;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            let _ = self.link.send(Link::Connecting);
+            match self.session().await {
+                Ended::Shutdown => return,
+                Ended::Lost { was_connected, why } => {
+                    if was_connected {
+                        backoff = Duration::from_secs(1);
+                    }
+                    log::warn!(
+                        "mqtt {host}:{port}: {why}; retrying in {} s (results are kept in the outbox)",
+                        backoff.as_secs()
+                    );
+                }
+            }
+            let _ = self.link.send(Link::Connecting);
+            tokio::select! {
+                _ = sleep(backoff) => {}
+                _ = self.shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn options(&self) -> Result<MqttOptions, String> {
+        let m = &self.config.mqtt;
+        let id = m
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("dermaedge-{}", self.config.device_id));
+        let mut o = MqttOptions::new(id, m.host.clone().unwrap_or_default(), m.port);
+        o.set_keep_alive(Duration::from_secs(m.keep_alive_s));
+        // Our outbox is the session state; see the module comment.
+        o.set_clean_session(true);
+        o.set_last_will(LastWill::new(
+            &self.topics.status,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        o.set_inflight((m.window + 16).min(u16::MAX as usize) as u16);
+        // Oversized commands are answered with an error, not by dropping the connection.
+        o.set_max_packet_size(m.max_command_bytes.max(1 << 20), 64 << 20);
+        if let (Some(user), Some(file)) = (&m.username, &m.password_file) {
+            let secret = read_secret("mqtt.password_file", file)?;
+            let pw = String::from_utf8(secret.0)
+                .map_err(|_| "mqtt.password_file: the password is not UTF-8".to_string())?;
+            o.set_credentials(user, pw.trim_end_matches(['\n', '\r']));
+        } else if let Some(user) = &m.username {
+            o.set_credentials(user, "");
+        }
+        if m.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls_config(&self.config)?),
+            )));
+        }
+        Ok(o)
+    }
+
+    async fn session(&mut self) -> Ended {
+        let lost = |was_connected, why: String| Ended::Lost { was_connected, why };
+        let options = match self.options() {
+            Ok(o) => o,
+            Err(e) => return lost(false, e),
+        };
+        let window = self.config.mqtt.window;
+        let (client, mut events) = AsyncClient::new(options, window + 64);
+
+        // Connect.
+        let connack = tokio::select! {
+            r = timeout(Duration::from_secs(30), wait_connack(&mut events)) => r,
+            _ = self.shutdown.changed() => return Ended::Shutdown,
+        };
+        match connack {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return lost(false, e),
+            Err(_) => return lost(false, "no answer from the broker within 30 s".into()),
+        }
+        log::info!(
+            "mqtt: connected to {}:{}",
+            self.config.mqtt.host.as_deref().unwrap_or(""),
+            self.config.mqtt.port
+        );
+        let _ = self.link.send(Link::Connected);
+
+        // Publishes in request order; Some(seq) for outbox messages, None for the others.
+        let mut requested: VecDeque<Option<i64>> = VecDeque::new();
+        let mut inflight: HashMap<u16, i64> = HashMap::new();
+        let mut last_sent: i64 = 0;
+        let mut flush_until: Option<Instant> = None;
+        let (reply_tx, mut replies) = mpsc::channel::<(String, String)>(16);
+
+        let mut setup = vec![(self.topics.status.clone(), "online".to_string(), true)];
+        if self.config.mqtt.home_assistant {
+            setup.extend(discovery(&self.config, &self.topics));
+        }
+        for (topic, body, retain) in setup {
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, retain, body)
+                .is_ok()
+            {
+                requested.push_back(None);
+            }
+        }
+        if let Err(e) = client.try_subscribe(&self.topics.commands, QoS::AtLeastOnce) {
+            return lost(true, format!("cannot subscribe to commands ({e})"));
+        }
+
+        loop {
+            // Keep the window full, oldest first.
+            let outstanding = requested.iter().flatten().count() + inflight.len();
+            if outstanding < window {
+                match self.store.pending(last_sent, window - outstanding) {
+                    Ok(rows) => {
+                        for row in rows {
+                            if client
+                                .try_publish(
+                                    &self.topics.result,
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    row.message,
+                                )
+                                .is_err()
+                            {
+                                break;
+                            }
+                            requested.push_back(Some(row.seq));
+                            last_sent = row.seq;
+                        }
+                    }
+                    Err(e) => log::error!("outbox: {e}"),
+                }
+            }
+            if let Some(until) = flush_until {
+                let idle = requested.iter().flatten().count() + inflight.len() == 0;
+                if idle || Instant::now() >= until {
+                    if !idle {
+                        log::warn!(
+                            "mqtt: stopping with {} results unacknowledged; they are sent after the next start",
+                            requested.iter().flatten().count() + inflight.len()
+                        );
+                    }
+                    self.say_offline(&client, &mut events).await;
+                    return Ended::Shutdown;
+                }
+            }
+
+            let mut acked = Vec::new();
+            tokio::select! {
+                event = events.poll() => match event {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(Some(seq)) = requested.pop_front() {
+                            inflight.insert(pkid, seq);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(seq) = inflight.remove(&ack.pkid) {
+                            acked.push(seq);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        self.command(&p.topic, p.payload.to_vec(), &reply_tx);
+                    }
+                    Ok(Event::Incoming(Packet::Disconnect)) => {
+                        return lost(true, "the broker closed the connection".into());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return lost(true, e.to_string()),
+                },
+                _ = self.outbox.notified() => {}
+                Some((topic, body)) = replies.recv() => {
+                    if client.try_publish(topic, QoS::AtLeastOnce, false, body).is_ok() {
+                        requested.push_back(None);
+                    }
+                }
+                _ = self.shutdown.changed(), if flush_until.is_none() => {
+                    flush_until = Some(Instant::now() + self.flush);
+                }
+                _ = sleep(Duration::from_millis(200)), if flush_until.is_some() => {}
+            }
+            if let Err(e) = self.store.mark_delivered(&acked) {
+                // Not fatal: unmarked rows are sent again (at least once).
+                log::error!("outbox: {e}");
+            }
+        }
+    }
+
+    fn command(&self, topic: &str, payload: Vec<u8>, replies: &mpsc::Sender<(String, String)>) {
+        let Some(name) = self.topics.command_name(topic).map(str::to_string) else {
+            return;
+        };
+        if name == "reply" || topic.ends_with("/reply") {
+            return;
+        }
+        let commands = self.commands.clone();
+        let reply_topic = self.topics.reply(&name);
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let answer = commands.handle(&name, &payload).await;
+            let _ = replies.send((reply_topic, answer.to_string())).await;
+        });
+    }
+
+    async fn say_offline(&mut self, client: &AsyncClient, events: &mut EventLoop) {
+        let _ = self.link.send(Link::Connecting);
+        if client
+            .try_publish(&self.topics.status, QoS::AtLeastOnce, true, "offline")
+            .is_ok()
+        {
+            let _ = client.try_disconnect();
+            // Let the offline message and the disconnect go out; give up after 2 s.
+            let _ = timeout(Duration::from_secs(2), async {
+                loop {
+                    match events.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+        }
+        log::info!("mqtt: offline");
+    }
+}
+
+async fn wait_connack(events: &mut EventLoop) -> Result<(), String> {
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                return if ack.code == ConnectReturnCode::Success {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the broker refused the connection ({:?}); check mqtt.username and the password file",
+                        ack.code
+                    ))
+                };
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// What goes into a result message (docs/mqtt.md, docs/message.schema.json).
+pub struct MessageParts<'a> {
+    pub id: &'a str,
+    pub device_id: &'a str,
+    pub captured_at: &'a str,
+    pub source: &'a str,
+    pub trigger: &'a str,
+    pub context: Option<&'a serde_json::Value>,
+    pub image_sha256: &'a str,
+    pub media_type: &'a str,
+    /// The frame is saved on the device.
+    pub stored: bool,
+    /// The frame's bytes, only when the config asks for images in messages.
+    pub image: Option<&'a [u8]>,
+    pub analysis: &'a Analysis,
+}
+
+/// Version of the result message; bump on any incompatible change (docs/mqtt.md).
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// The result message: the JSON published on `<prefix>/<device>/result` and kept in the
+/// database as the exported record.
+pub fn result_message(p: &MessageParts) -> String {
+    use base64::Engine;
+    let mut image = json!({
+        "sha256": p.image_sha256,
+        "media_type": p.media_type,
+        "stored": p.stored,
+    });
+    if let Some(bytes) = p.image {
+        image["data_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    json!({
+        "message_version": MESSAGE_VERSION,
+        "id": p.id,
+        "device_id": p.device_id,
+        "captured_at": p.captured_at,
+        "source": p.source,
+        "trigger": p.trigger,
+        "context": p.context,
+        "image": image,
+        "result": p.analysis,
+    })
+    .to_string()
+}
+
+/// rustls with the `ring` provider (no C toolchain needed for aarch64), the configured CA
+/// certificates and, when given, the client certificate.
+fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let m = &config.mqtt;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &m.ca_file {
+        let pem = read_secret("mqtt.ca_file", ca)?;
+        for cert in CertificateDer::pem_slice_iter(&pem.0) {
+            let cert = cert.map_err(|e| format!("mqtt.ca_file: {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("mqtt.ca_file: {}: {e}", ca.display()))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("tls: {e}"))?
+    .with_root_certificates(roots);
+    match (&m.client_cert_file, &m.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let pem = read_secret("mqtt.client_cert_file", cert)?;
+            let certs = CertificateDer::pem_slice_iter(&pem.0)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("mqtt.client_cert_file: {}: {e}", cert.display()))?;
+            let key_pem = read_secret("mqtt.client_key_file", key)?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem.0)
+                .map_err(|e| format!("mqtt.client_key_file: {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("mqtt.client_key_file: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Home Assistant MQTT discovery: retained config topics for the result's main fields.
+fn discovery(config: &Config, topics: &Topics) -> Vec<(String, String, bool)> {
+    let dev = &config.device_id;
+    let device = json!({
+        "identifiers": [format!("dermaedge_{dev}")],
+        "name": format!("dermaedge {dev}"),
+        "manufacturer": "dermaedge",
+        "model": "skin-lesion analysis support",
+        "sw_version": env!("CARGO_PKG_VERSION"),
+    });
+    let classification = "value_json.result.classification";
+    let sensors = [
+        (
+            "sensor",
+            "status",
+            "Frame status",
+            "{{ value_json.result.status if value_json.result else 'error' }}".to_string(),
+            None,
+        ),
+        (
+            "sensor",
+            "top_class",
+            "Top class",
+            format!("{{{{ {classification}.top_class if {classification} else 'none' }}}}"),
+            None,
+        ),
+        (
+            "sensor",
+            "melanoma_probability",
+            "Melanoma probability",
+            format!("{{{{ ({classification}.probabilities.MEL * 100) | round(1) if {classification} else 0 }}}}"),
+            Some("%"),
+        ),
+        (
+            "sensor",
+            "malignancy_score",
+            "Malignancy score",
+            format!("{{{{ {classification}.malignancy_score | round(3) if {classification} else 0 }}}}"),
+            None,
+        ),
+        (
+            "binary_sensor",
+            "melanoma_flag",
+            "Melanoma flag",
+            format!("{{{{ 'ON' if {classification} and {classification}.melanoma_flag else 'OFF' }}}}"),
+            None,
+        ),
+    ];
+    sensors
+        .into_iter()
+        .map(|(component, key, name, template, unit)| {
+            let mut body = json!({
+                "name": name,
+                "unique_id": format!("dermaedge_{dev}_{key}"),
+                "object_id": format!("dermaedge_{dev}_{key}"),
+                "state_topic": topics.result,
+                "value_template": template,
+                "availability_topic": topics.status,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+                "device": device,
+            });
+            if let Some(u) = unit {
+                body["unit_of_measurement"] = json!(u);
+            }
+            (
+                format!(
+                    "{}/{component}/dermaedge_{dev}/{key}/config",
+                    config.mqtt.discovery_prefix
+                ),
+                body.to_string(),
+                true,
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_and_command_names() {
+        let mut c = Config {
+            device_id: "clinic-3".into(),
+            ..Default::default()
+        };
+        c.mqtt.prefix = "derm".into();
+        let t = Topics::new(&c);
+        assert_eq!(t.status, "derm/clinic-3/status");
+        assert_eq!(t.commands, "derm/clinic-3/cmd/+");
+        assert_eq!(t.command_name("derm/clinic-3/cmd/capture"), Some("capture"));
+        assert_eq!(t.command_name("derm/clinic-3/cmd/capture/reply"), None);
+        assert_eq!(t.command_name("derm/clinic-4/cmd/capture"), None);
+        assert_eq!(t.reply("capture"), "derm/clinic-3/cmd/capture/reply");
+    }
+
+    #[test]
+    fn discovery_topics_are_retained_json() {
+        let mut c = Config::default();
+        c.mqtt.home_assistant = true;
+        let d = discovery(&c, &Topics::new(&c));
+        assert_eq!(d.len(), 5);
+        for (topic, body, retain) in d {
+            assert!(topic.starts_with("homeassistant/") && topic.ends_with("/config"));
+            assert!(retain);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["state_topic"], "dermaedge/dermaedge/result");
+        }
+    }
+}

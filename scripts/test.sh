@@ -2,6 +2,7 @@
 # Every test of the project, after installing what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/apt-deps.sh
 source scripts/env.sh
 
 echo "== trainer: ruff"

@@ -437,6 +437,12 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_is_the_defaults() {
+        let text = include_str!("../systemd/dermaedge.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::parse("[mqtt]\nhots = \"x\"\n").unwrap_err();
         assert!(e.contains("hots"), "{e}");

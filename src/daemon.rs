@@ -65,7 +65,12 @@ impl CaptureRequest {
         let r: CaptureRequest = if body.trim().is_empty() {
             CaptureRequest::default()
         } else {
-            serde_json::from_str(body).map_err(|e| format!("invalid capture request: {e}"))?
+            // The path names the key at fault (serde's enum errors do not).
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(body))
+                .map_err(|e| match e.path().to_string().as_str() {
+                    "." => format!("invalid capture request: {}", e.inner()),
+                    path => format!("invalid capture request: {path}: {}", e.inner()),
+                })?
         };
         for (key, v) in [
             ("request_id", &r.request_id),
@@ -689,7 +694,8 @@ impl Worker {
         }
         let ready = folder.scan();
         if ready.is_empty() {
-            return Some(true);
+            // Done only when no file is still settling either.
+            return Some(folder.sizes.is_empty());
         }
         for (path, key) in ready {
             if self.stop.load(Ordering::SeqCst) {
@@ -1045,7 +1051,7 @@ impl Worker {
             return Err(e.to_string());
         }
         self.outbox.notify_one();
-        log::info!("{name}: {} (id {id})", crate::cli::summary(&analysis));
+        log::info!("{} (id {id})", crate::cli::summary(&analysis));
         self.set_status(|s| s.last_result = Some(id.clone()));
         Ok(outcome_json(&id, &analysis))
     }

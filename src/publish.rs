@@ -77,6 +77,8 @@ pub struct Publisher {
     /// true: finish (deliver what is pending, for `flush` at most), say offline, disconnect.
     shutdown: watch::Receiver<bool>,
     flush: Duration,
+    /// Set when the shutdown comes: deliver what is pending until then.
+    stop_at: Option<Instant>,
 }
 
 enum Ended {
@@ -103,6 +105,7 @@ impl Publisher {
             link,
             shutdown,
             flush,
+            stop_at: None,
         }
     }
 
@@ -112,7 +115,10 @@ impl Publisher {
         let port = self.config.mqtt.port;
         let mut backoff = Duration::from_secs(1);
         loop {
-            if *self.shutdown.borrow() {
+            if self.stop_at.is_none() && *self.shutdown.borrow() {
+                self.stop_at = Some(Instant::now() + self.flush);
+            }
+            if self.done_stopping() {
                 return;
             }
             let _ = self.link.send(Link::Connecting);
@@ -131,9 +137,25 @@ impl Publisher {
             let _ = self.link.send(Link::Connecting);
             tokio::select! {
                 _ = sleep(backoff) => {}
-                _ = self.shutdown.changed() => return,
+                _ = self.shutdown.changed(), if self.stop_at.is_none() => {
+                    self.stop_at = Some(Instant::now() + self.flush);
+                }
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Stopping, and either past the deadline or with nothing left to deliver.
+    fn done_stopping(&self) -> bool {
+        match self.stop_at {
+            None => false,
+            Some(at) => {
+                Instant::now() >= at
+                    || self
+                        .store
+                        .pending(0, 1)
+                        .map_or(true, |rows| rows.is_empty())
+            }
         }
     }
 
@@ -181,10 +203,25 @@ impl Publisher {
         let window = self.config.mqtt.window;
         let (client, mut events) = AsyncClient::new(options, window + 64);
 
-        // Connect.
-        let connack = tokio::select! {
-            r = timeout(Duration::from_secs(30), wait_connack(&mut events)) => r,
-            _ = self.shutdown.changed() => return Ended::Shutdown,
+        // Connect (when stopping, only until the deadline, to deliver what is pending).
+        let connack = {
+            let connect = timeout(Duration::from_secs(30), wait_connack(&mut events));
+            tokio::pin!(connect);
+            loop {
+                if self.done_stopping() {
+                    return Ended::Shutdown;
+                }
+                let until = self
+                    .stop_at
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    r = &mut connect => break r,
+                    _ = self.shutdown.changed(), if self.stop_at.is_none() => {
+                        self.stop_at = Some(Instant::now() + self.flush);
+                    }
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            }
         };
         match connack {
             Ok(Ok(())) => {}
@@ -202,7 +239,6 @@ impl Publisher {
         let mut requested: VecDeque<Option<i64>> = VecDeque::new();
         let mut inflight: HashMap<u16, i64> = HashMap::new();
         let mut last_sent: i64 = 0;
-        let mut flush_until: Option<Instant> = None;
         let (reply_tx, mut replies) = mpsc::channel::<(String, String)>(16);
 
         let mut setup = vec![(self.topics.status.clone(), "online".to_string(), true)];
@@ -246,7 +282,7 @@ impl Publisher {
                     Err(e) => log::error!("outbox: {e}"),
                 }
             }
-            if let Some(until) = flush_until {
+            if let Some(until) = self.stop_at {
                 let idle = requested.iter().flatten().count() + inflight.len() == 0;
                 if idle || Instant::now() >= until {
                     if !idle {
@@ -288,10 +324,10 @@ impl Publisher {
                         requested.push_back(None);
                     }
                 }
-                _ = self.shutdown.changed(), if flush_until.is_none() => {
-                    flush_until = Some(Instant::now() + self.flush);
+                _ = self.shutdown.changed(), if self.stop_at.is_none() => {
+                    self.stop_at = Some(Instant::now() + self.flush);
                 }
-                _ = sleep(Duration::from_millis(200)), if flush_until.is_some() => {}
+                _ = sleep(Duration::from_millis(200)), if self.stop_at.is_some() => {}
             }
             if let Err(e) = self.store.mark_delivered(&acked) {
                 // Not fatal: unmarked rows are sent again (at least once).

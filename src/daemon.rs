@@ -597,7 +597,8 @@ impl Worker {
             match jobs.recv_timeout(wait) {
                 Ok(job) => self.capture_job(job),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                // No trigger front end (no broker, no socket): the sources still run.
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
             }
             if self.stop.load(Ordering::SeqCst) {
                 break;

@@ -731,3 +731,24 @@ fn bad_configs_name_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dermaedge.toml"));
 }
+
+#[test]
+fn runs_with_no_broker_and_no_socket_until_sigterm() {
+    let site = Site::new();
+    let config = site.config(None, "");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("socket = \"{}\"", site.socket().display()), "socket = \"\"");
+    fs::write(&config, text).unwrap();
+    let mut daemon = site.spawn(&config, false);
+    wait_until("ready", Duration::from_secs(30), || site.log().contains("ready in"));
+    // Files arriving after the start are picked up too.
+    let n = site.add_samples(1, "f") as i64;
+    wait_until("every sample stored", Duration::from_secs(60), || {
+        site.counts().1 == n
+    });
+    assert!(daemon.try_wait().unwrap().is_none(), "still running");
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(30)).success());
+    assert_eq!(site.counts(), (n, n, n));
+}

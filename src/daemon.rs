@@ -585,6 +585,7 @@ impl Worker {
 
     fn run(mut self, jobs: Receiver<Job>, ready: oneshot::Sender<String>) -> Result<(), String> {
         let description = self.start()?;
+        release_free_memory();
         let _ = ready.send(description);
         let tick = Duration::from_millis(100);
         while !self.stop.load(Ordering::SeqCst) {
@@ -595,7 +596,10 @@ impl Worker {
                 tick
             };
             match jobs.recv_timeout(wait) {
-                Ok(job) => self.capture_job(job),
+                Ok(job) => {
+                    self.capture_job(job);
+                    release_free_memory();
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 // No trigger front end (no broker, no socket): the sources still run.
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
@@ -604,6 +608,9 @@ impl Worker {
                 break;
             }
             let scanned_empty = self.watch_folder();
+            if scanned_empty == Some(false) {
+                release_free_memory();
+            }
             if self.once && scanned_empty == Some(true) {
                 break;
             }
@@ -1061,6 +1068,17 @@ impl Worker {
 enum Input {
     Bytes(Vec<u8>),
     Frame(Frame),
+}
+
+/// Give freed heap pages back to the system. Model loading and each analysis allocate tens of
+/// MB briefly; glibc keeps freed memory in its arenas, so without this the idle daemon would
+/// hold its peak forever (measured: 97 MB after loading vs the 64 MB idle target).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn encode_jpeg(rgb: &RgbImage) -> Result<Vec<u8>, String> {

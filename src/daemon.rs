@@ -1004,7 +1004,9 @@ impl Worker {
             };
             match self.store.save_file(&format!("{id}.{ext}"), &image_bytes) {
                 Ok(f) => row.image = Some(f),
-                Err(e) => log::error!("{name}: image not saved, result kept: {e}"),
+                Err(e) => {
+                    log::error!("{name}: image not saved ({e}); recording the result without it")
+                }
             }
             let mut mask = Vec::new();
             let encoded = image::codecs::png::PngEncoder::new(&mut mask);
@@ -1019,7 +1021,9 @@ impl Worker {
             {
                 match self.store.save_file(&format!("{id}.mask.png"), &mask) {
                     Ok(f) => row.mask = Some(f),
-                    Err(e) => log::error!("{name}: mask not saved, result kept: {e}"),
+                    Err(e) => {
+                        log::error!("{name}: mask not saved ({e}); recording the result without it")
+                    }
                 }
             }
         }

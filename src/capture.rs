@@ -1,10 +1,12 @@
 //! Camera capture: everything between the dermatoscope's V4L2 device node and an RGB frame.
 //!
-//! This module owns the `[camera]` config section, format negotiation (MJPEG preferred, YUYV
-//! as the fallback), the mmap stream, YUYV and MJPEG decoding (including the Huffman tables
-//! many UVC cameras leave out), `dermaedge devices` listing, and the backoff schedule the
-//! daemon follows while the camera is unplugged. Nothing here panics on data from the device:
-//! a bad frame is an error value, and a bad stream is a reason to reconnect.
+//! This module owns the `[camera]` config section, format negotiation (MJPEG preferred, then
+//! the uncompressed YUYV, UYVY and RGB24), the mmap stream, decoding of all four (including
+//! the Huffman tables many UVC cameras leave out of MJPEG), `dermaedge devices` listing, and
+//! the backoff schedule the daemon follows while the camera is unplugged. UVC dermatoscopes
+//! send MJPEG or YUYV; UYVY and RGB24 are what capture cards and the `vivid` test driver
+//! offer besides. Nothing here panics on data from the device: a bad frame is an error
+//! value, and a bad stream is a reason to reconnect.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -39,6 +41,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 const FOURCC_MJPG: [u8; 4] = *b"MJPG";
 const FOURCC_JPEG: [u8; 4] = *b"JPEG";
 const FOURCC_YUYV: [u8; 4] = *b"YUYV";
+const FOURCC_UYVY: [u8; 4] = *b"UYVY";
+/// V4L2_PIX_FMT_RGB24: bytes R G B per pixel (`BGR3` is the other order, not read here).
+const FOURCC_RGB3: [u8; 4] = *b"RGB3";
 
 // Linux errno values (identical on x86 and arm); std names only some of them.
 const EIO: i32 = 5;
@@ -114,10 +119,14 @@ fn check_dimension(key: &str, value: u32) -> Result<(), String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatChoice {
-    /// MJPEG when offered (less USB bandwidth, the camera's own JPEG can be stored), else YUYV.
+    /// MJPEG when offered (less USB bandwidth, the camera's own JPEG can be stored), else
+    /// YUYV, else UYVY, else RGB24.
     Auto,
     Mjpeg,
     Yuyv,
+    Uyvy,
+    /// V4L2 fourcc `RGB3`.
+    Rgb24,
 }
 
 impl fmt::Display for FormatChoice {
@@ -126,6 +135,8 @@ impl fmt::Display for FormatChoice {
             FormatChoice::Auto => "auto",
             FormatChoice::Mjpeg => "mjpeg",
             FormatChoice::Yuyv => "yuyv",
+            FormatChoice::Uyvy => "uyvy",
+            FormatChoice::Rgb24 => "rgb24",
         })
     }
 }
@@ -135,7 +146,12 @@ impl fmt::Display for FormatChoice {
 #[serde(rename_all = "lowercase")]
 pub enum PixelFormat {
     Mjpeg,
+    /// Packed 4:2:2, bytes Y0 U Y1 V.
     Yuyv,
+    /// Packed 4:2:2, bytes U Y0 V Y1.
+    Uyvy,
+    /// Bytes R G B per pixel (V4L2 fourcc `RGB3`).
+    Rgb24,
 }
 
 impl fmt::Display for PixelFormat {
@@ -143,6 +159,8 @@ impl fmt::Display for PixelFormat {
         f.write_str(match self {
             PixelFormat::Mjpeg => "MJPEG",
             PixelFormat::Yuyv => "YUYV",
+            PixelFormat::Uyvy => "UYVY",
+            PixelFormat::Rgb24 => "RGB24",
         })
     }
 }
@@ -152,7 +170,8 @@ impl fmt::Display for PixelFormat {
 pub struct Frame {
     pub rgb: image::RgbImage,
     pub format: PixelFormat,
-    /// The camera's own JPEG bytes when it sent MJPEG (stored as-is); None for YUYV.
+    /// The camera's own JPEG bytes when it sent MJPEG (stored as-is); None for the
+    /// uncompressed formats (YUYV, UYVY, RGB24).
     /// These may lack Huffman tables; [`jpeg_with_huffman_tables`] makes them standalone.
     pub jpeg: Option<Vec<u8>>,
 }
@@ -197,8 +216,8 @@ pub enum CaptureError {
 
     #[error(
         "camera {} offers no format dermaedge can use with camera.format = \"{wanted}\"; it \
-         offers: {}. dermaedge reads MJPEG and YUYV: set camera.format to \"auto\" or to one \
-         the camera offers",
+         offers: {}. dermaedge reads MJPEG, YUYV, UYVY and RGB24 (fourcc RGB3): set \
+         camera.format to \"auto\" or to one the camera offers",
         .device.display(),
         list_or_nothing(.offered)
     )]
@@ -382,12 +401,9 @@ impl Camera {
             );
         }
         // Some drivers leave bytesperline 0 for packed formats; then rows are back to back.
-        let bytesperline = match format {
-            PixelFormat::Yuyv => {
-                let tight = u32::try_from(yuyv_row_bytes(actual.width)).unwrap_or(u32::MAX);
-                actual.stride.max(tight)
-            }
-            PixelFormat::Mjpeg => 0,
+        let bytesperline = match packed_row_bytes(format, actual.width) {
+            Some(tight) => actual.stride.max(u32::try_from(tight).unwrap_or(u32::MAX)),
+            None => 0,
         };
 
         let mut stream = Stream::with_buffers(&device, BufferType::VideoCapture, BUFFER_COUNT)
@@ -576,10 +592,15 @@ fn choose_format(choice: FormatChoice, offered: &[FourCC]) -> Option<(PixelForma
     // Some cameras label their motion JPEG "JPEG" rather than "MJPG"; the bytes are the same.
     let mjpeg = || find(&[FOURCC_MJPG, FOURCC_JPEG]).map(|f| (PixelFormat::Mjpeg, f));
     let yuyv = || find(&[FOURCC_YUYV]).map(|f| (PixelFormat::Yuyv, f));
+    let uyvy = || find(&[FOURCC_UYVY]).map(|f| (PixelFormat::Uyvy, f));
+    let rgb24 = || find(&[FOURCC_RGB3]).map(|f| (PixelFormat::Rgb24, f));
     match choice {
-        FormatChoice::Auto => mjpeg().or_else(yuyv),
+        // Compressed first, then the 2-byte-per-pixel formats before the 3-byte one.
+        FormatChoice::Auto => mjpeg().or_else(yuyv).or_else(uyvy).or_else(rgb24),
         FormatChoice::Mjpeg => mjpeg(),
         FormatChoice::Yuyv => yuyv(),
+        FormatChoice::Uyvy => uyvy(),
+        FormatChoice::Rgb24 => rgb24(),
     }
 }
 
@@ -638,25 +659,66 @@ fn decode_buffer(
     if data.is_empty() {
         return Err(corrupt("the driver delivered an empty buffer"));
     }
+    let rgb = match format {
+        PixelFormat::Mjpeg => {
+            return Ok(Frame {
+                rgb: mjpeg_to_rgb(data)?,
+                format,
+                jpeg: Some(data.to_vec()),
+            })
+        }
+        PixelFormat::Yuyv => yuyv_to_rgb(data, width, height, bytesperline)?,
+        PixelFormat::Uyvy => uyvy_to_rgb(data, width, height, bytesperline)?,
+        PixelFormat::Rgb24 => rgb24_to_rgb(data, width, height, bytesperline)?,
+    };
+    Ok(Frame {
+        rgb,
+        format,
+        jpeg: None,
+    })
+}
+
+/// Bytes in one packed 4:2:2 (YUYV or UYVY) row: every two pixels share four bytes; an odd
+/// width still needs the whole last pair.
+fn yuv422_row_bytes(width: u32) -> u64 {
+    u64::from(width).div_ceil(2) * 4
+}
+
+/// Bytes in one RGB24 row, without padding.
+fn rgb24_row_bytes(width: u32) -> u64 {
+    u64::from(width) * 3
+}
+
+/// Bytes in one unpadded row of an uncompressed format; None for MJPEG, which has no rows.
+fn packed_row_bytes(format: PixelFormat, width: u32) -> Option<u64> {
     match format {
-        PixelFormat::Mjpeg => Ok(Frame {
-            rgb: mjpeg_to_rgb(data)?,
-            format,
-            jpeg: Some(data.to_vec()),
-        }),
-        PixelFormat::Yuyv => Ok(Frame {
-            rgb: yuyv_to_rgb(data, width, height, bytesperline)?,
-            format,
-            jpeg: None,
-        }),
+        PixelFormat::Mjpeg => None,
+        PixelFormat::Yuyv | PixelFormat::Uyvy => Some(yuv422_row_bytes(width)),
+        PixelFormat::Rgb24 => Some(rgb24_row_bytes(width)),
     }
 }
 
-/// Bytes in one YUYV row: every two pixels share four bytes (Y0 U Y1 V); an odd width still
-/// needs the whole last pair.
-fn yuyv_row_bytes(width: u32) -> u64 {
-    u64::from(width).div_ceil(2) * 4
+/// Where each byte of a 4:2:2 pixel pair sits in its 4-byte group.
+#[derive(Debug, Clone, Copy)]
+struct Yuv422Order {
+    y0: usize,
+    u: usize,
+    y1: usize,
+    v: usize,
 }
+
+const YUYV_ORDER: Yuv422Order = Yuv422Order {
+    y0: 0,
+    u: 1,
+    y1: 2,
+    v: 3,
+};
+const UYVY_ORDER: Yuv422Order = Yuv422Order {
+    u: 0,
+    y0: 1,
+    v: 2,
+    y1: 3,
+};
 
 /// Converts packed YUYV 4:2:2 (BT.601, limited range, as UVC cameras send it) to RGB.
 /// `bytesperline` is the row pitch, at least the row itself; rows may be padded.
@@ -666,14 +728,111 @@ pub fn yuyv_to_rgb(
     height: u32,
     bytesperline: u32,
 ) -> Result<RgbImage, CaptureError> {
-    let corrupt = |reason: String| CaptureError::CorruptFrame {
-        kind: PixelFormat::Yuyv,
-        reason,
+    yuv422_to_rgb(
+        PixelFormat::Yuyv,
+        YUYV_ORDER,
+        data,
+        width,
+        height,
+        bytesperline,
+    )
+}
+
+/// Converts packed UYVY 4:2:2 (bytes U Y0 V Y1; BT.601, limited range) to RGB.
+/// `bytesperline` is the row pitch, at least the row itself; rows may be padded.
+pub fn uyvy_to_rgb(
+    data: &[u8],
+    width: u32,
+    height: u32,
+    bytesperline: u32,
+) -> Result<RgbImage, CaptureError> {
+    yuv422_to_rgb(
+        PixelFormat::Uyvy,
+        UYVY_ORDER,
+        data,
+        width,
+        height,
+        bytesperline,
+    )
+}
+
+/// Copies packed RGB24 (V4L2 `RGB3`: bytes R G B per pixel) into an image, dropping any row
+/// padding. `bytesperline` is the row pitch, at least `3 * width`.
+pub fn rgb24_to_rgb(
+    data: &[u8],
+    width: u32,
+    height: u32,
+    bytesperline: u32,
+) -> Result<RgbImage, CaptureError> {
+    let geometry = PackedGeometry {
+        kind: PixelFormat::Rgb24,
+        width,
+        height,
+        bytesperline,
+        row_bytes: rgb24_row_bytes(width),
     };
+    convert_packed(geometry, data, |pixels, rgb| rgb.extend_from_slice(pixels))
+}
+
+/// The 4:2:2 conversion shared by YUYV and UYVY; only the byte order differs.
+fn yuv422_to_rgb(
+    kind: PixelFormat,
+    order: Yuv422Order,
+    data: &[u8],
+    width: u32,
+    height: u32,
+    bytesperline: u32,
+) -> Result<RgbImage, CaptureError> {
+    let width_px = width as usize;
+    let geometry = PackedGeometry {
+        kind,
+        width,
+        height,
+        bytesperline,
+        row_bytes: yuv422_row_bytes(width),
+    };
+    convert_packed(geometry, data, |pixels, rgb| {
+        for (pair, group) in pixels.chunks_exact(4).enumerate() {
+            let &[b0, b1, b2, b3] = group else { continue };
+            let bytes = [b0, b1, b2, b3];
+            let (u, v) = (bytes[order.u], bytes[order.v]);
+            rgb.extend_from_slice(&bt601_to_rgb(bytes[order.y0], u, v));
+            if pair * 2 + 1 < width_px {
+                rgb.extend_from_slice(&bt601_to_rgb(bytes[order.y1], u, v));
+            }
+        }
+    })
+}
+
+/// Size and layout of one uncompressed frame, as negotiated with the driver.
+struct PackedGeometry {
+    kind: PixelFormat,
+    width: u32,
+    height: u32,
+    bytesperline: u32,
+    /// Bytes of pixel data in one row, padding excluded.
+    row_bytes: u64,
+}
+
+/// Checks an uncompressed frame against its geometry, then converts it row by row:
+/// `convert_row` gets exactly one row's pixel bytes (padding stripped) and appends `width`
+/// RGB pixels. Every mismatch is a `CorruptFrame`, never a panic.
+fn convert_packed(
+    geometry: PackedGeometry,
+    data: &[u8],
+    mut convert_row: impl FnMut(&[u8], &mut Vec<u8>),
+) -> Result<RgbImage, CaptureError> {
+    let PackedGeometry {
+        kind,
+        width,
+        height,
+        bytesperline,
+        row_bytes,
+    } = geometry;
+    let corrupt = |reason: String| CaptureError::CorruptFrame { kind, reason };
     if width == 0 || height == 0 {
         return Err(corrupt(format!("frame size {width}x{height} is empty")));
     }
-    let row_bytes = yuyv_row_bytes(width);
     let pitch = u64::from(bytesperline);
     if pitch < row_bytes {
         return Err(corrupt(format!(
@@ -694,8 +853,7 @@ pub fn yuyv_to_rgb(
     let (Ok(pitch), Ok(row_bytes)) = (usize::try_from(pitch), usize::try_from(row_bytes)) else {
         return Err(corrupt("frame too large for this machine".to_string()));
     };
-    let width_px = width as usize;
-    let Some(rgb_len) = width_px
+    let Some(rgb_len) = (width as usize)
         .checked_mul(height as usize)
         .and_then(|n| n.checked_mul(3))
     else {
@@ -706,13 +864,7 @@ pub fn yuyv_to_rgb(
         let Some(pixels) = row.get(..row_bytes) else {
             return Err(corrupt("row shorter than expected".to_string()));
         };
-        for (pair, quad) in pixels.chunks_exact(4).enumerate() {
-            let &[y0, u, y1, v] = quad else { continue };
-            rgb.extend_from_slice(&bt601_to_rgb(y0, u, v));
-            if pair * 2 + 1 < width_px {
-                rgb.extend_from_slice(&bt601_to_rgb(y1, u, v));
-            }
-        }
+        convert_row(pixels, &mut rgb);
     }
     RgbImage::from_raw(width, height, rgb)
         .ok_or_else(|| corrupt("converted pixel count does not match the frame size".to_string()))
@@ -1118,14 +1270,38 @@ mod tests {
     const BLUE: (u8, u8, u8) = (41, 240, 110);
 
     fn yuyv_solid(width: u32, height: u32, pitch: usize, (y, u, v): (u8, u8, u8)) -> Vec<u8> {
-        let row_bytes = yuyv_row_bytes(width) as usize;
+        packed_solid(yuv422_row_bytes(width), height, pitch, [y, u, y, v])
+    }
+
+    fn uyvy_solid(width: u32, height: u32, pitch: usize, (y, u, v): (u8, u8, u8)) -> Vec<u8> {
+        packed_solid(yuv422_row_bytes(width), height, pitch, [u, y, v, y])
+    }
+
+    fn rgb24_solid(width: u32, height: u32, pitch: usize, rgb: [u8; 3]) -> Vec<u8> {
+        packed_solid(rgb24_row_bytes(width), height, pitch, rgb)
+    }
+
+    /// `height` rows of `group` repeated to `row_bytes`, each padded with 0xEE to `pitch`.
+    fn packed_solid<const N: usize>(
+        row_bytes: u64,
+        height: u32,
+        pitch: usize,
+        group: [u8; N],
+    ) -> Vec<u8> {
         let mut data = Vec::new();
         for _ in 0..height {
-            let mut row: Vec<u8> = [y, u, y, v].repeat(row_bytes / 4);
+            let mut row: Vec<u8> = group.repeat(row_bytes as usize / N);
             row.resize(pitch, 0xEE);
             data.extend_from_slice(&row);
         }
         data
+    }
+
+    /// YUYV bytes reordered to UYVY (swap the two bytes of every pair).
+    fn yuyv_as_uyvy(yuyv: &[u8]) -> Vec<u8> {
+        yuyv.chunks(2)
+            .flat_map(|pair| pair.iter().rev().copied())
+            .collect()
     }
 
     fn assert_near(actual: &Rgb<u8>, expected: [u8; 3], tolerance: u8) {
@@ -1219,6 +1395,179 @@ mod tests {
         assert_corrupt(
             yuyv_to_rgb(&data, u32::MAX, u32::MAX, u32::MAX),
             PixelFormat::Yuyv,
+        );
+    }
+
+    #[test]
+    fn uyvy_black_and_white() {
+        let black = uyvy_to_rgb(&uyvy_solid(4, 2, 8, (16, 128, 128)), 4, 2, 8).unwrap();
+        assert_eq!(black.dimensions(), (4, 2));
+        assert!(black.pixels().all(|p| p.0 == [0, 0, 0]));
+        let white = uyvy_to_rgb(&uyvy_solid(4, 2, 8, (235, 128, 128)), 4, 2, 8).unwrap();
+        assert!(white.pixels().all(|p| p.0 == [255, 255, 255]));
+        let under = uyvy_to_rgb(&uyvy_solid(2, 1, 4, (0, 0, 0)), 2, 1, 4).unwrap();
+        assert_eq!(under.get_pixel(0, 0).0, [0, 135, 0]);
+    }
+
+    #[test]
+    fn uyvy_primaries() {
+        for (yuv, rgb) in [
+            (RED, [255, 0, 0]),
+            (GREEN, [0, 255, 0]),
+            (BLUE, [0, 0, 255]),
+        ] {
+            let image = uyvy_to_rgb(&uyvy_solid(6, 3, 12, yuv), 6, 3, 12).unwrap();
+            for pixel in image.pixels() {
+                assert_near(pixel, rgb, 2);
+            }
+        }
+        // Read with the YUYV byte order the same bytes are not red: the order matters.
+        let red = uyvy_solid(2, 1, 4, RED);
+        let misread = yuyv_to_rgb(&red, 2, 1, 4).unwrap();
+        assert!(misread.get_pixel(0, 0).0[0] < 200, "{misread:?}");
+    }
+
+    #[test]
+    fn uyvy_byte_order_is_u_y0_v_y1() {
+        let data = [128, 16, 128, 235];
+        let image = uyvy_to_rgb(&data, 2, 1, 4).unwrap();
+        assert_eq!(image.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(image.get_pixel(1, 0).0, [255, 255, 255]);
+        // U in byte 0, V in byte 2: U high makes blue, V high makes red.
+        let blueish = uyvy_to_rgb(&[240, 126, 128, 126], 2, 1, 4).unwrap();
+        let reddish = uyvy_to_rgb(&[128, 126, 240, 126], 2, 1, 4).unwrap();
+        assert!(blueish.get_pixel(0, 0).0[2] > 200 && blueish.get_pixel(0, 0).0[0] < 130);
+        assert!(reddish.get_pixel(1, 0).0[0] > 200 && reddish.get_pixel(1, 0).0[2] < 130);
+    }
+
+    #[test]
+    fn uyvy_matches_yuyv_with_the_bytes_swapped() {
+        for (seed, (width, height, pitch)) in [(4, 3, 8), (5, 2, 16), (1, 4, 4), (7, 7, 20)]
+            .into_iter()
+            .enumerate()
+        {
+            let yuyv = noise(seed as u64 + 100, pitch * height as usize);
+            let pitch = pitch as u32;
+            assert_eq!(
+                uyvy_to_rgb(&yuyv_as_uyvy(&yuyv), width, height, pitch).unwrap(),
+                yuyv_to_rgb(&yuyv, width, height, pitch).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn uyvy_skips_row_padding_and_handles_odd_widths() {
+        let data = uyvy_solid(4, 3, 16, RED);
+        let image = uyvy_to_rgb(&data, 4, 3, 16).unwrap();
+        assert_eq!(image.dimensions(), (4, 3));
+        for pixel in image.pixels() {
+            assert_near(pixel, [255, 0, 0], 2);
+        }
+        assert!(uyvy_to_rgb(&data[..40], 4, 3, 16).is_ok());
+        let odd = uyvy_to_rgb(&uyvy_solid(3, 2, 8, BLUE), 3, 2, 8).unwrap();
+        assert_eq!(odd.dimensions(), (3, 2));
+        assert_near(odd.get_pixel(2, 1), [0, 0, 255], 2);
+    }
+
+    #[test]
+    fn uyvy_bad_buffers_are_errors() {
+        let data = uyvy_solid(4, 2, 8, RED);
+        let short = assert_corrupt(uyvy_to_rgb(&data[..15], 4, 2, 8), PixelFormat::Uyvy);
+        assert!(
+            short.contains("15 bytes") && short.contains("UYVY"),
+            "{short}"
+        );
+        let pitch = assert_corrupt(uyvy_to_rgb(&data, 4, 2, 6), PixelFormat::Uyvy);
+        assert!(pitch.contains("bytesperline 6"), "{pitch}");
+        assert_corrupt(uyvy_to_rgb(&data, 0, 2, 8), PixelFormat::Uyvy);
+        assert_corrupt(uyvy_to_rgb(&data, 4, 0, 8), PixelFormat::Uyvy);
+        assert_corrupt(uyvy_to_rgb(&[], 4, 2, 8), PixelFormat::Uyvy);
+        assert_corrupt(uyvy_to_rgb(&[1, 2, 3], 1, 1, 0), PixelFormat::Uyvy);
+        assert_corrupt(
+            uyvy_to_rgb(&data, u32::MAX, u32::MAX, u32::MAX),
+            PixelFormat::Uyvy,
+        );
+        for cut in 0..data.len() {
+            assert_corrupt(uyvy_to_rgb(&data[..cut], 4, 2, 8), PixelFormat::Uyvy);
+        }
+    }
+
+    #[test]
+    fn rgb24_black_white_and_primaries() {
+        for colour in [
+            [0, 0, 0],
+            [255, 255, 255],
+            [255, 0, 0],
+            [0, 255, 0],
+            [0, 0, 255],
+        ] {
+            let image = rgb24_to_rgb(&rgb24_solid(5, 3, 15, colour), 5, 3, 15).unwrap();
+            assert_eq!(image.dimensions(), (5, 3));
+            assert!(image.pixels().all(|p| p.0 == colour), "{colour:?}");
+        }
+    }
+
+    #[test]
+    fn rgb24_byte_order_is_r_g_b_and_rows_are_exact() {
+        // 2x2, pitch 6: every pixel distinct, so a wrong offset or order shows.
+        let data = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let image = rgb24_to_rgb(&data, 2, 2, 6).unwrap();
+        assert_eq!(image.get_pixel(0, 0).0, [1, 2, 3]);
+        assert_eq!(image.get_pixel(1, 0).0, [4, 5, 6]);
+        assert_eq!(image.get_pixel(0, 1).0, [7, 8, 9]);
+        assert_eq!(image.get_pixel(1, 1).0, [10, 11, 12]);
+        assert_eq!(image.into_raw(), data);
+    }
+
+    #[test]
+    fn rgb24_skips_row_padding() {
+        // 4 pixels = 12 bytes per row, padded to 16 with 0xEE.
+        let data = rgb24_solid(4, 3, 16, [255, 0, 0]);
+        assert_eq!(data.len(), 48);
+        let image = rgb24_to_rgb(&data, 4, 3, 16).unwrap();
+        assert_eq!(image.dimensions(), (4, 3));
+        assert!(image.pixels().all(|p| p.0 == [255, 0, 0]));
+        // The last row's padding may be missing, but not a byte of the row itself.
+        assert!(rgb24_to_rgb(&data[..44], 4, 3, 16).is_ok());
+        assert_corrupt(rgb24_to_rgb(&data[..43], 4, 3, 16), PixelFormat::Rgb24);
+        // Odd pitch: drivers need not align RGB24 rows.
+        let odd = rgb24_solid(3, 2, 10, [0, 0, 255]);
+        let image = rgb24_to_rgb(&odd, 3, 2, 10).unwrap();
+        assert!(image.pixels().all(|p| p.0 == [0, 0, 255]));
+    }
+
+    #[test]
+    fn rgb24_bad_buffers_are_errors() {
+        let data = rgb24_solid(4, 2, 12, [0, 255, 0]);
+        let short = assert_corrupt(rgb24_to_rgb(&data[..23], 4, 2, 12), PixelFormat::Rgb24);
+        assert!(
+            short.contains("23 bytes") && short.contains("RGB24"),
+            "{short}"
+        );
+        let pitch = assert_corrupt(rgb24_to_rgb(&data, 4, 2, 11), PixelFormat::Rgb24);
+        assert!(pitch.contains("bytesperline 11"), "{pitch}");
+        assert_corrupt(rgb24_to_rgb(&data, 0, 2, 12), PixelFormat::Rgb24);
+        assert_corrupt(rgb24_to_rgb(&data, 4, 0, 12), PixelFormat::Rgb24);
+        assert_corrupt(rgb24_to_rgb(&[], 4, 2, 12), PixelFormat::Rgb24);
+        assert_corrupt(rgb24_to_rgb(&[1, 2, 3], 1, 1, 0), PixelFormat::Rgb24);
+        assert_corrupt(
+            rgb24_to_rgb(&data, u32::MAX, u32::MAX, u32::MAX),
+            PixelFormat::Rgb24,
+        );
+        for cut in 0..data.len() {
+            assert_corrupt(rgb24_to_rgb(&data[..cut], 4, 2, 12), PixelFormat::Rgb24);
+        }
+    }
+
+    #[test]
+    fn packed_row_bytes_per_format() {
+        assert_eq!(packed_row_bytes(PixelFormat::Mjpeg, 640), None);
+        assert_eq!(packed_row_bytes(PixelFormat::Yuyv, 640), Some(1280));
+        assert_eq!(packed_row_bytes(PixelFormat::Uyvy, 641), Some(1284));
+        assert_eq!(packed_row_bytes(PixelFormat::Rgb24, 641), Some(1923));
+        assert_eq!(
+            packed_row_bytes(PixelFormat::Rgb24, u32::MAX),
+            Some(u64::from(u32::MAX) * 3)
         );
     }
 
@@ -1393,6 +1742,29 @@ mod tests {
             ..meta
         };
         assert!(decode_buffer(&yuyv, &lying, PixelFormat::Yuyv, 4, 2, 8).is_ok());
+
+        let uyvy = uyvy_solid(4, 2, 8, BLUE);
+        let frame = decode_buffer(&uyvy, &meta, PixelFormat::Uyvy, 4, 2, 8).unwrap();
+        assert_eq!(frame.format, PixelFormat::Uyvy);
+        assert!(frame.jpeg.is_none());
+        assert_near(frame.rgb.get_pixel(3, 1), [0, 0, 255], 2);
+
+        let mut rgb24 = rgb24_solid(4, 2, 12, [255, 0, 0]);
+        rgb24.resize(4096, 0xAB);
+        let meta = Metadata {
+            bytesused: 24,
+            ..Metadata::default()
+        };
+        let frame = decode_buffer(&rgb24, &meta, PixelFormat::Rgb24, 4, 2, 12).unwrap();
+        assert_eq!(frame.format, PixelFormat::Rgb24);
+        assert!(frame.jpeg.is_none());
+        assert!(frame.rgb.pixels().all(|p| p.0 == [255, 0, 0]));
+        // bytesused one short of the frame: corrupt, even though the mapping is larger.
+        let short = Metadata {
+            bytesused: 23,
+            ..Metadata::default()
+        };
+        assert!(decode_buffer(&rgb24, &short, PixelFormat::Rgb24, 4, 2, 12).is_err());
     }
 
     #[test]
@@ -1421,6 +1793,56 @@ mod tests {
         assert_eq!(choose_format(FormatChoice::Mjpeg, &[yuyv]), None);
         assert_eq!(choose_format(auto, &[nv12]), None);
         assert_eq!(choose_format(auto, &[]), None);
+    }
+
+    #[test]
+    fn format_choice_auto_prefers_mjpeg_yuyv_uyvy_rgb24() {
+        let mjpg = FourCC::new(b"MJPG");
+        let yuyv = FourCC::new(b"YUYV");
+        let uyvy = FourCC::new(b"UYVY");
+        let rgb3 = FourCC::new(b"RGB3");
+        let bgr3 = FourCC::new(b"BGR3");
+        let nv12 = FourCC::new(b"NV12");
+        let auto = FormatChoice::Auto;
+        // Listed worst first, so the driver's order cannot be what decides.
+        let all = [nv12, bgr3, rgb3, uyvy, yuyv, mjpg];
+        let expected = [
+            (PixelFormat::Mjpeg, mjpg),
+            (PixelFormat::Yuyv, yuyv),
+            (PixelFormat::Uyvy, uyvy),
+            (PixelFormat::Rgb24, rgb3),
+        ];
+        for (dropped, want) in expected.into_iter().enumerate() {
+            let offered = &all[..all.len() - dropped];
+            assert_eq!(choose_format(auto, offered), Some(want), "{dropped}");
+        }
+        assert_eq!(choose_format(auto, &[nv12, bgr3]), None);
+
+        assert_eq!(
+            choose_format(FormatChoice::Uyvy, &all),
+            Some((PixelFormat::Uyvy, uyvy))
+        );
+        assert_eq!(
+            choose_format(FormatChoice::Rgb24, &all),
+            Some((PixelFormat::Rgb24, rgb3))
+        );
+        assert_eq!(choose_format(FormatChoice::Uyvy, &[yuyv, mjpg]), None);
+        // BGR3 holds the same bytes in the other order: never taken for RGB24.
+        assert_eq!(choose_format(FormatChoice::Rgb24, &[bgr3]), None);
+    }
+
+    #[test]
+    fn format_names() {
+        let names: Vec<String> = [
+            PixelFormat::Mjpeg,
+            PixelFormat::Yuyv,
+            PixelFormat::Uyvy,
+            PixelFormat::Rgb24,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(names, ["MJPEG", "YUYV", "UYVY", "RGB24"]);
     }
 
     #[test]
@@ -1558,7 +1980,20 @@ mod tests {
         };
         assert_eq!(format("mjpeg").unwrap(), FormatChoice::Mjpeg);
         assert_eq!(format("auto").unwrap(), FormatChoice::Auto);
+        assert_eq!(format("uyvy").unwrap(), FormatChoice::Uyvy);
+        assert_eq!(format("rgb24").unwrap(), FormatChoice::Rgb24);
         assert!(format("MJPEG").is_err());
+        assert!(format("rgb3").is_err());
+        // Display writes what the config accepts.
+        for choice in [
+            FormatChoice::Auto,
+            FormatChoice::Mjpeg,
+            FormatChoice::Yuyv,
+            FormatChoice::Uyvy,
+            FormatChoice::Rgb24,
+        ] {
+            assert_eq!(format(&choice.to_string()).unwrap(), choice);
+        }
     }
 
     #[test]
@@ -1676,6 +2111,10 @@ mod tests {
         let message = formats.to_string();
         assert!(
             message.contains("NV12") && message.contains("\"mjpeg\""),
+            "{message}"
+        );
+        assert!(
+            message.contains("UYVY") && message.contains("RGB24"),
             "{message}"
         );
         assert!(!formats.is_device_lost());

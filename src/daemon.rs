@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::capture::{Camera, Frame, Reconnect};
 use crate::config::{Config, SourceKind};
-use crate::pipeline::{Analysis, Analyzer, Status, Timings};
+use crate::pipeline::{Analysis, Analyzer, Reason, Status, Timings};
 use crate::publish::{self, Link, Publisher};
 use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
 use crate::vision;
@@ -973,6 +973,12 @@ impl Worker {
                 return Ok(json!({"ok": false, "error": format!("{name}: {msg}")}));
             }
         };
+        // Auto capture fires on sharp, still frames; only the analysis can say whether a
+        // lesion is in view, and a frame without one is not worth keeping.
+        if trigger == Trigger::Auto && analysis.recapture_reasons.contains(&Reason::NoLesion) {
+            log::debug!("auto capture: no lesion in view; not stored");
+            return Ok(json!({"ok": false, "error": "no lesion in view"}));
+        }
         let (image_bytes, media_type) = match input {
             Input::Bytes(b) => {
                 let png = b.starts_with(b"\x89PNG");

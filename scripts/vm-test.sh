@@ -7,7 +7,7 @@
 # loopback is 10.0.2.2). The host checks the MQTT messages and the database rows, which the VM
 # prints before it powers off.
 #
-#   scripts/vm-test.sh        # builds what it needs with scripts/cross.sh deb
+#   scripts/vm-test.sh        # packages the aarch64 binary (scripts/cross.sh package: builds it if missing)
 #
 # Downloads (kernel and busybox packages) are cached in ~/.cache/dermaedge/vm.
 set -euo pipefail
@@ -20,13 +20,13 @@ CACHE="$HOME/.cache/dermaedge/vm"
 mkdir -p "$CACHE"
 
 # The package under test.
-scripts/cross.sh deb
+scripts/cross.sh package
 DEB="$(ls -t "$CARGO_TARGET_DIR/$TARGET/debian/"dermaedge_*_arm64.deb | head -1)"
 
 # Kernel and busybox, from Debian (cached).
 fetch() { # package-name
     if ! ls "$CACHE/$1"_*.deb >/dev/null 2>&1; then
-        (cd "$CACHE" && apt-get download "$1:arm64" 2>/dev/null)
+        (cd "$CACHE" && apt-get download "$1:arm64" >/dev/null 2>&1)
     fi
     ls "$CACHE/$1"_*.deb | head -1
 }
@@ -57,13 +57,12 @@ dpkg-deb -x "$BDEB" "$WORK/busybox"
 cp "$WORK/busybox/bin/busybox" "$ROOT/bin/busybox"
 # The package, installed the way dpkg would lay it out.
 dpkg-deb -x "$DEB" "$ROOT"
-# Its shared libraries (glibc) from the cross sysroot.
-SYSROOT=/usr/aarch64-linux-gnu
+# Its shared libraries: Debian's arm64 glibc (libc6:arm64, what the device has too).
 mkdir -p "$ROOT/lib/aarch64-linux-gnu"
 for lib in $(aarch64-linux-gnu-readelf -d "$ROOT/usr/bin/dermaedge" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
-    cp -L "$SYSROOT/lib/$lib" "$ROOT/lib/aarch64-linux-gnu/"
+    cp -L "/lib/aarch64-linux-gnu/$lib" "$ROOT/lib/aarch64-linux-gnu/"
 done
-cp -L "$SYSROOT/lib/ld-linux-aarch64.so.1" "$ROOT/lib/"
+cp -L /lib/ld-linux-aarch64.so.1 "$ROOT/lib/"
 # vivid and virtio-net with what they depend on.
 for m in vivid virtio_net virtio_pci; do
     for f in $(modprobe -d "$K" -S "$KV" --show-depends "$m" | awk '/^insmod/{print $2}'); do

@@ -52,6 +52,9 @@ const EBUSY: i32 = 16;
 const ENODEV: i32 = 19;
 const ENOTTY: i32 = 25;
 const ENOSPC: i32 = 28;
+/// What an ioctl gives on a file that is not a V4L2 device under QEMU user mode (which does
+/// not forward ioctls it does not know) instead of ENOTTY.
+const ENOSYS: i32 = 38;
 
 /// `[camera]` section of the daemon's TOML config. Every key optional.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -291,7 +294,7 @@ fn open_hint(error: &io::Error) -> &'static str {
 
 fn setup_hint(error: &io::Error) -> &'static str {
     match error.raw_os_error() {
-        Some(ENOTTY) => {
+        Some(ENOTTY) | Some(ENOSYS) => {
             "; this is not a video4linux device: check camera.device (`dermaedge devices` \
              lists cameras)"
         }

@@ -28,6 +28,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A time limit, stretched under emulation (scripts/cross.sh sets DERMAEDGE_TEST_SLOWDOWN):
+/// limits only catch hangs, they are not performance checks.
+fn secs(n: u64) -> Duration {
+    let factor: u64 = std::env::var("DERMAEDGE_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    Duration::from_secs(n * factor.max(1))
+}
+
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -87,7 +97,7 @@ impl Broker {
             .expect("start mosquitto");
         self.child = Some(child);
         let port = self.port;
-        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+        wait_until("mosquitto to listen", secs(10), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
     }
@@ -376,7 +386,7 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
     let config = site.config(Some(broker.port), "home_assistant = true");
     let mut daemon = site.spawn(&config, false);
 
-    wait_until("every sample delivered", Duration::from_secs(60), || {
+    wait_until("every sample delivered", secs(60), || {
         let (_, results, pending) = site.counts();
         results == n && pending == 0 && sub.result_ids("t/dev1").len() as i64 >= n
     });
@@ -409,7 +419,7 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
         sub.client
             .try_publish(format!("t/dev1/cmd/{name}"), QoS::AtLeastOnce, false, body)
             .unwrap();
-        wait_until("a command reply", Duration::from_secs(20), || {
+        wait_until("a command reply", secs(20), || {
             sub.on(&format!("t/dev1/cmd/{name}/reply")).len() > before
         });
         let reply = sub.on(&format!("t/dev1/cmd/{name}/reply")).pop().unwrap();
@@ -475,11 +485,9 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
     );
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = reply["id"].as_str().unwrap().to_string();
-    wait_until(
-        "the socket capture delivered",
-        Duration::from_secs(20),
-        || sub.result_ids("t/dev1").contains(&id),
-    );
+    wait_until("the socket capture delivered", secs(20), || {
+        sub.result_ids("t/dev1").contains(&id)
+    });
     let msg = sub
         .on("t/dev1/result")
         .into_iter()
@@ -492,9 +500,9 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
 
     // SIGTERM: exit 0, `offline` retained, everything delivered.
     signal(&daemon, "TERM");
-    let status = wait_exit(&mut daemon, Duration::from_secs(30));
+    let status = wait_exit(&mut daemon, secs(30));
     assert!(status.success(), "exit {status:?}\n{}", site.log());
-    wait_until("offline", Duration::from_secs(10), || {
+    wait_until("offline", secs(10), || {
         sub.on("t/dev1/status").last().map(Vec::as_slice) == Some(&b"offline"[..])
     });
     assert_eq!(site.counts(), (n + 1, n + 1, 0));
@@ -524,21 +532,19 @@ fn broker_down_for_the_whole_run_then_started_gets_everything_in_order() {
     let n = site.add_samples(1, "b") as i64;
     let config = site.config(Some(broker.port), "");
     let mut daemon = site.spawn(&config, false);
-    wait_until("every sample stored", Duration::from_secs(60), || {
-        site.counts().1 == n
-    });
+    wait_until("every sample stored", secs(60), || site.counts().1 == n);
     assert_eq!(
         site.counts().2,
         n,
         "nothing can be delivered without a broker"
     );
     broker.start();
-    wait_until("the backlog delivered", Duration::from_secs(60), || {
+    wait_until("the backlog delivered", secs(60), || {
         site.counts().2 == 0 && sub.result_ids("t/dev1").len() as i64 >= n
     });
     assert_delivered_in_order(&site.stored_ids(), &sub.result_ids("t/dev1"));
     signal(&daemon, "TERM");
-    assert!(wait_exit(&mut daemon, Duration::from_secs(30)).success());
+    assert!(wait_exit(&mut daemon, secs(30)).success());
 }
 
 #[test]
@@ -551,19 +557,17 @@ fn broker_restarted_mid_stream_loses_nothing() {
     let n = site.add_samples(3, "c") as i64;
     let config = site.config(Some(broker.port), "");
     let mut daemon = site.spawn(&config, false);
-    wait_until(
-        "the first results delivered",
-        Duration::from_secs(60),
-        || !sub.result_ids("t/dev1").is_empty(),
-    );
+    wait_until("the first results delivered", secs(60), || {
+        !sub.result_ids("t/dev1").is_empty()
+    });
     broker.stop();
     thread::sleep(Duration::from_millis(700));
     broker.start();
-    wait_until("every result delivered", Duration::from_secs(90), || {
+    wait_until("every result delivered", secs(90), || {
         let (_, results, pending) = site.counts();
         results == n && pending == 0
     });
-    wait_until("every result received", Duration::from_secs(30), || {
+    wait_until("every result received", secs(30), || {
         sub.result_ids("t/dev1")
             .iter()
             .collect::<HashSet<_>>()
@@ -572,7 +576,7 @@ fn broker_restarted_mid_stream_loses_nothing() {
     });
     assert_delivered_in_order(&site.stored_ids(), &sub.result_ids("t/dev1"));
     signal(&daemon, "TERM");
-    assert!(wait_exit(&mut daemon, Duration::from_secs(30)).success());
+    assert!(wait_exit(&mut daemon, secs(30)).success());
 }
 
 /// SIGKILL at pseudo-random moments, over and over: after each kill the database opens clean,
@@ -620,7 +624,7 @@ fn sigkill_soak_loses_nothing() {
     }
     // Let it finish: every file analyzed once, everything delivered.
     let mut daemon = site.spawn(&config, true);
-    let status = wait_exit(&mut daemon, Duration::from_secs(120));
+    let status = wait_exit(&mut daemon, secs(120));
     assert!(status.success(), "{}", site.log());
     let (captures, results, pending) = site.counts();
     assert_eq!(
@@ -629,7 +633,7 @@ fn sigkill_soak_loses_nothing() {
         "{}",
         site.log()
     );
-    wait_until("every result received", Duration::from_secs(30), || {
+    wait_until("every result received", secs(30), || {
         sub.result_ids("t/dev1")
             .iter()
             .collect::<HashSet<_>>()
@@ -648,7 +652,7 @@ fn demo_config_runs_once_without_broker_or_camera() {
     site.add_samples(1, "d");
     let config = site.config(None, "");
     let mut daemon = site.spawn(&config, true);
-    let status = wait_exit(&mut daemon, Duration::from_secs(120));
+    let status = wait_exit(&mut daemon, secs(120));
     assert!(status.success(), "{}", site.log());
     let n = fs::read_dir(site.inbox()).unwrap().count() as i64;
     // Stored, kept for a broker that may come later.
@@ -666,7 +670,7 @@ fn demo_config_runs_once_without_broker_or_camera() {
     }
     // A second run finds nothing new to do.
     let mut again = site.spawn(&config, true);
-    assert!(wait_exit(&mut again, Duration::from_secs(60)).success());
+    assert!(wait_exit(&mut again, secs(60)).success());
     assert_eq!(site.counts().1, n);
 }
 
@@ -692,7 +696,7 @@ fn bad_inputs_in_the_folder_are_recorded_and_the_rest_go_on() {
         .count() as i64;
     let config = site.config(None, "");
     let mut daemon = site.spawn(&config, true);
-    assert!(wait_exit(&mut daemon, Duration::from_secs(120)).success());
+    assert!(wait_exit(&mut daemon, secs(120)).success());
     assert_eq!(site.counts(), (n_good + 2, n_good, n_good));
     let log = site.log();
     assert!(
@@ -742,17 +746,13 @@ fn runs_with_no_broker_and_no_socket_until_sigterm() {
     );
     fs::write(&config, text).unwrap();
     let mut daemon = site.spawn(&config, false);
-    wait_until("ready", Duration::from_secs(30), || {
-        site.log().contains("ready in")
-    });
+    wait_until("ready", secs(30), || site.log().contains("ready in"));
     // Files arriving after the start are picked up too.
     let n = site.add_samples(1, "f") as i64;
-    wait_until("every sample stored", Duration::from_secs(60), || {
-        site.counts().1 == n
-    });
+    wait_until("every sample stored", secs(60), || site.counts().1 == n);
     assert!(daemon.try_wait().unwrap().is_none(), "still running");
     signal(&daemon, "TERM");
-    assert!(wait_exit(&mut daemon, Duration::from_secs(30)).success());
+    assert!(wait_exit(&mut daemon, secs(30)).success());
     assert_eq!(site.counts(), (n, n, n));
 }
 
@@ -783,7 +783,7 @@ fn full_disk_loses_nothing_and_catches_up() {
     let n = site.add_samples(3, "g") as i64;
     let config = site.config(None, "");
     let mut daemon = site.spawn(&config, true);
-    let status = wait_exit(&mut daemon, Duration::from_secs(120));
+    let status = wait_exit(&mut daemon, secs(120));
     assert!(status.success(), "{}", site.log());
     let log = site.log();
     assert!(
@@ -810,7 +810,7 @@ fn full_disk_loses_nothing_and_catches_up() {
     thread::sleep(Duration::from_millis(100));
     let mut daemon = site.spawn(&config, true);
     assert!(
-        wait_exit(&mut daemon, Duration::from_secs(120)).success(),
+        wait_exit(&mut daemon, secs(120)).success(),
         "{}",
         site.log()
     );

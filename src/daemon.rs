@@ -738,6 +738,11 @@ impl Worker {
                 Ok(()) => {
                     folder.seen.insert(key);
                 }
+                Err(e) if self.once => {
+                    // A single pass: the next run tries it again.
+                    log::error!("{}: {e}; left for the next run", path.display());
+                    folder.seen.insert(key);
+                }
                 Err(e) => {
                     log::error!("{}: {e}; retrying in 30 s", path.display());
                     folder

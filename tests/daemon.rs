@@ -367,6 +367,11 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
+        if start.elapsed() >= limit {
+            // Leave no daemon behind when the test fails.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         assert!(
             start.elapsed() < limit,
             "the daemon did not exit within {limit:?}"

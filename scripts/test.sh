@@ -22,3 +22,9 @@ passed=$(grep -o '[0-9]* passed' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(grep -o '[0-9]* failed' "$log" | awk '{s += $1} END {print s + 0}')
 rm -f "$log"
 echo "cargo: $passed passed, $failed failed"
+
+echo "== device, aarch64: the test suite under qemu-aarch64 (Cortex-A72), then the .deb"
+scripts/cross.sh ci
+echo "== device, aarch64: full-system VM with the vivid camera driver"
+scripts/vm-test.sh
+echo "== all test suites passed (trainer, device x86-64, device aarch64 under QEMU, vivid VM)"

@@ -249,6 +249,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
 
 async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
     let started = Instant::now();
+    publish::check_tls(&config)?;
     crate::model::set_threads(config.threads);
     let db = config.database_path();
     let store = Store::open(&db, &config.images_dir()).map_err(|e| e.to_string())?;

@@ -382,12 +382,17 @@ async fn wait_connack(events: &mut EventLoop) -> Result<(), String> {
                     Ok(())
                 } else {
                     Err(format!(
-                        "the broker refused the connection ({:?}); check mqtt.username and the password file",
+                        "the broker refused the connection ({:?}); check mqtt.username, the password file and the client certificate",
                         ack.code
                     ))
                 };
             }
             Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                return Err(format!(
+                    "the broker refused the connection ({code:?}); check mqtt.username, the password file and the client certificate"
+                ));
+            }
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -439,6 +444,15 @@ pub fn result_message(p: &MessageParts) -> String {
     .to_string()
 }
 
+/// Build the TLS settings once at start, so a bad certificate or key stops the start with the
+/// key's name instead of failing every connection attempt.
+pub fn check_tls(config: &Config) -> Result<(), String> {
+    if config.mqtt.host.is_some() && config.mqtt.tls {
+        tls_config(config)?;
+    }
+    Ok(())
+}
+
 /// rustls with the `ring` provider (no C toolchain needed for aarch64), the configured CA
 /// certificates and, when given, the client certificate.
 fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
@@ -462,17 +476,21 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
     .map_err(|e| format!("tls: {e}"))?
     .with_root_certificates(roots);
     match (&m.client_cert_file, &m.client_key_file) {
-        (Some(cert), Some(key)) => {
+        (Some(cert), Some(key_file)) => {
             let pem = read_secret("mqtt.client_cert_file", cert)?;
             let certs = CertificateDer::pem_slice_iter(&pem.0)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("mqtt.client_cert_file: {}: {e}", cert.display()))?;
-            let key_pem = read_secret("mqtt.client_key_file", key)?;
+            let key_pem = read_secret("mqtt.client_key_file", key_file)?;
             let key = PrivateKeyDer::from_pem_slice(&key_pem.0)
-                .map_err(|e| format!("mqtt.client_key_file: {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("mqtt.client_key_file: {e}"))
+                .map_err(|e| format!("mqtt.client_key_file: {}: {e}", key_file.display()))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                format!(
+                    "mqtt.client_cert_file, mqtt.client_key_file: {}, {}: {e}",
+                    cert.display(),
+                    key_file.display()
+                )
+            })
         }
         _ => Ok(builder.with_no_client_auth()),
     }

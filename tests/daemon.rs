@@ -823,3 +823,131 @@ fn full_disk_loses_nothing_and_catches_up() {
     assert_eq!(ids.len() as i64, n, "{}", site.log());
     assert_eq!(&ids[..first_ids.len()], &first_ids[..]);
 }
+
+/// TLS (rustls + ring) with the broker's CA, a client certificate and a username/password read
+/// from a file: every result is acknowledged by a broker that requires all three. A wrong
+/// password is refused by the broker and nothing is marked delivered.
+#[test]
+fn tls_with_client_certificate_and_password() {
+    let site = Site::new();
+    let d = site.dir.path().join("pki");
+    fs::create_dir_all(&d).unwrap();
+    let script = r#"set -e
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null
+openssl req $ec -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext 2>/dev/null
+openssl req $ec -keyout client.key -out client.csr -subj /CN=dermaedge 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null
+touch passwd && mosquitto_passwd -b passwd clinic s3cret
+printf 's3cret\n' > good-password
+printf 'guess\n' > bad-password
+chmod 644 *.key passwd
+"#;
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&d)
+        .status()
+        .unwrap();
+    assert!(
+        ok.success(),
+        "making the test PKI (openssl, mosquitto_passwd) failed"
+    );
+    let port = free_port();
+    let conf = d.join("mosquitto.conf");
+    fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\ncafile {p}/ca.pem\ncertfile {p}/server.pem\nkeyfile {p}/server.key\nrequire_certificate true\nallow_anonymous false\npassword_file {p}/passwd\n",
+            p = d.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new(mosquitto_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the TLS broker", secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let tls = |password: &str| {
+        format!(
+            "tls = true\nusername = \"clinic\"\npassword_file = \"{p}/{password}\"\nca_file = \"{p}/ca.pem\"\nclient_cert_file = \"{p}/client.pem\"\nclient_key_file = \"{p}/client.key\"\n",
+            p = d.display()
+        )
+    };
+    let n = site.add_samples(1, "t") as i64;
+
+    // Wrong password: stored, refused by the broker, nothing delivered.
+    let config = site.config(Some(port), &tls("bad-password"));
+    let mut daemon = site.spawn(&config, false);
+    wait_until("results stored", secs(60), || site.counts().1 == n);
+    wait_until("the refusal logged", secs(30), || {
+        site.log().contains("refused the connection")
+    });
+    assert_eq!(site.counts().2, n);
+    assert!(
+        !site.log().contains("guess"),
+        "the password must never be logged"
+    );
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, secs(30)).success());
+
+    // The right one: everything acknowledged over TLS.
+    let config = site.config(Some(port), &tls("good-password"));
+    let mut daemon = site.spawn(&config, false);
+    wait_until("every result acknowledged over TLS", secs(60), || {
+        site.counts() == (n, n, 0)
+    });
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, secs(30)).success());
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
+
+/// More triggers than the queue holds: the extra ones are answered "busy" at once, and every
+/// accepted one gets its result.
+#[test]
+fn triggers_beyond_the_queue_are_answered_busy() {
+    let site = Site::new();
+    let config = site.config(None, "");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("queue = 1\n{text}")).unwrap();
+    let mut daemon = site.spawn(&config, false);
+    wait_until("the socket", secs(30), || site.socket().exists());
+    let image = common::samples().join("ISIC_0001100.jpg");
+    let askers: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(BIN)
+                .arg("capture")
+                .arg("--socket")
+                .arg(site.socket())
+                .arg("--file")
+                .arg(&image)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let replies: Vec<Value> = askers
+        .into_iter()
+        .map(|c| serde_json::from_slice(&c.wait_with_output().unwrap().stdout).unwrap())
+        .collect();
+    let busy = replies
+        .iter()
+        .filter(|r| r["error"].as_str().is_some_and(|e| e.starts_with("busy")))
+        .count();
+    let done = replies.iter().filter(|r| r["ok"] == true).count();
+    assert_eq!(busy + done, 8, "{replies:?}");
+    assert!(busy >= 1 && done >= 1, "{replies:?}");
+    assert_eq!(site.counts().1, done as i64);
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, secs(30)).success());
+}

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the build and the tests need; installs only what is missing (apt keeps its
-# downloads in /var/cache/apt, so repeat runs on a machine are quick). Extra packages may be
-# named as arguments; an `:arm64` one adds the arm64 architecture first.
-#   libclang-dev: the v4l crate's bindgen.  mosquitto: the real broker the daemon tests start.
+# Debian packages the build needs (libclang-dev: the v4l crate's bindgen), plus those named as
+# arguments (the tests', the cross toolchain's); installs only what is missing (apt keeps its
+# downloads in /var/cache/apt, so repeat runs on a machine are quick). An `:arm64` package adds
+# the arm64 architecture first.
 set -euo pipefail
-want=(libclang-dev mosquitto mosquitto-clients "$@")
+want=(libclang-dev "$@")
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 update=0

@@ -2,7 +2,8 @@
 # Every test of the project, after installing what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/apt-deps.sh
+# mosquitto: the real broker the daemon tests start; openssl: their TLS test's certificates.
+scripts/apt-deps.sh mosquitto mosquitto-clients openssl
 source scripts/env.sh
 
 echo "== trainer: ruff"

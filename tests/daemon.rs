@@ -503,6 +503,25 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
     assert_eq!(msg["trigger"], "socket");
     assert!(validator.is_valid(&msg));
 
+    // `dermaedge status` over the socket: counts and the link.
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg("--socket")
+        .arg(site.socket())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (status["results"].as_i64(), status["mqtt"].as_str()),
+        (Some(n + 1), Some("connected")),
+        "{status}"
+    );
+
     // SIGTERM: exit 0, `offline` retained, everything delivered.
     signal(&daemon, "TERM");
     let status = wait_exit(&mut daemon, secs(30));

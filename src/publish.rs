@@ -309,6 +309,10 @@ impl Publisher {
                             acked.push(seq);
                         }
                     }
+                    // A retained command would fire again at every reconnect: ignore it.
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                        log::warn!("mqtt: {}: retained command ignored; publish commands without retain", p.topic);
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         self.command(&p.topic, p.payload.to_vec(), &reply_tx);
                     }

@@ -219,12 +219,28 @@ impl Drop for Subscriber {
 /// A test's files: the watched folder, the state directory, the config.
 struct Site {
     dir: tempfile::TempDir,
+    /// Processes started for this test, killed if the test fails (no daemon left behind).
+    started: std::cell::RefCell<Vec<u32>>,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            for pid in self.started.borrow().iter() {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
 }
 
 impl Site {
     fn new() -> Site {
         let site = Site {
             dir: tempfile::tempdir().unwrap(),
+            started: Default::default(),
         };
         fs::create_dir_all(site.inbox()).unwrap();
         site
@@ -288,11 +304,14 @@ impl Site {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        cmd.env("RUST_LOG", "info")
+        let child = cmd
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start dermaedge")
+            .expect("start dermaedge");
+        self.started.borrow_mut().push(child.id());
+        child
     }
 
     fn log(&self) -> String {
@@ -892,6 +911,7 @@ chmod 644 *.key passwd
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    site.started.borrow_mut().push(broker.id());
     wait_until("the TLS broker", secs(10), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });

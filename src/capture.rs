@@ -1383,22 +1383,56 @@ mod tests {
         assert_near(image.get_pixel(2, 1), [0, 0, 255], 2);
     }
 
+    type Convert = fn(&[u8], u32, u32, u32) -> Result<RgbImage, CaptureError>;
+
     #[test]
-    fn yuyv_bad_buffers_are_errors() {
-        let data = yuyv_solid(4, 2, 8, RED);
-        let short = assert_corrupt(yuyv_to_rgb(&data[..15], 4, 2, 8), PixelFormat::Yuyv);
-        assert!(short.contains("15 bytes"), "{short}");
-        let pitch = assert_corrupt(yuyv_to_rgb(&data, 4, 2, 6), PixelFormat::Yuyv);
-        assert!(pitch.contains("bytesperline 6"), "{pitch}");
-        assert_corrupt(yuyv_to_rgb(&data, 0, 2, 8), PixelFormat::Yuyv);
-        assert_corrupt(yuyv_to_rgb(&data, 4, 0, 8), PixelFormat::Yuyv);
-        assert_corrupt(yuyv_to_rgb(&[], 4, 2, 8), PixelFormat::Yuyv);
-        assert_corrupt(yuyv_to_rgb(&[1, 2, 3], 1, 1, 0), PixelFormat::Yuyv);
-        // Sizes that overflow 32-bit arithmetic must not panic or allocate.
-        assert_corrupt(
-            yuyv_to_rgb(&data, u32::MAX, u32::MAX, u32::MAX),
-            PixelFormat::Yuyv,
-        );
+    fn bad_uncompressed_buffers_are_errors() {
+        // (format, converter, a good 4x2 buffer, its bytesperline, a too-small bytesperline)
+        let cases: [(PixelFormat, Convert, Vec<u8>, u32, u32); 3] = [
+            (
+                PixelFormat::Yuyv,
+                yuyv_to_rgb,
+                yuyv_solid(4, 2, 8, RED),
+                8,
+                6,
+            ),
+            (
+                PixelFormat::Uyvy,
+                uyvy_to_rgb,
+                uyvy_solid(4, 2, 8, RED),
+                8,
+                6,
+            ),
+            (
+                PixelFormat::Rgb24,
+                rgb24_to_rgb,
+                rgb24_solid(4, 2, 12, [0, 255, 0]),
+                12,
+                11,
+            ),
+        ];
+        for (kind, convert, data, bpl, small_bpl) in cases {
+            let n = data.len() - 1;
+            let short = assert_corrupt(convert(&data[..n], 4, 2, bpl), kind);
+            assert!(
+                short.contains(&format!("{n} bytes")) && short.contains(&kind.to_string()),
+                "{short}"
+            );
+            let pitch = assert_corrupt(convert(&data, 4, 2, small_bpl), kind);
+            assert!(
+                pitch.contains(&format!("bytesperline {small_bpl}")),
+                "{pitch}"
+            );
+            assert_corrupt(convert(&data, 0, 2, bpl), kind);
+            assert_corrupt(convert(&data, 4, 0, bpl), kind);
+            assert_corrupt(convert(&[], 4, 2, bpl), kind);
+            assert_corrupt(convert(&[1, 2, 3], 1, 1, 0), kind);
+            // Sizes that overflow 32-bit arithmetic must not panic or allocate.
+            assert_corrupt(convert(&data, u32::MAX, u32::MAX, u32::MAX), kind);
+            for cut in 0..data.len() {
+                assert_corrupt(convert(&data[..cut], 4, 2, bpl), kind);
+            }
+        }
     }
 
     #[test]
@@ -1473,29 +1507,6 @@ mod tests {
     }
 
     #[test]
-    fn uyvy_bad_buffers_are_errors() {
-        let data = uyvy_solid(4, 2, 8, RED);
-        let short = assert_corrupt(uyvy_to_rgb(&data[..15], 4, 2, 8), PixelFormat::Uyvy);
-        assert!(
-            short.contains("15 bytes") && short.contains("UYVY"),
-            "{short}"
-        );
-        let pitch = assert_corrupt(uyvy_to_rgb(&data, 4, 2, 6), PixelFormat::Uyvy);
-        assert!(pitch.contains("bytesperline 6"), "{pitch}");
-        assert_corrupt(uyvy_to_rgb(&data, 0, 2, 8), PixelFormat::Uyvy);
-        assert_corrupt(uyvy_to_rgb(&data, 4, 0, 8), PixelFormat::Uyvy);
-        assert_corrupt(uyvy_to_rgb(&[], 4, 2, 8), PixelFormat::Uyvy);
-        assert_corrupt(uyvy_to_rgb(&[1, 2, 3], 1, 1, 0), PixelFormat::Uyvy);
-        assert_corrupt(
-            uyvy_to_rgb(&data, u32::MAX, u32::MAX, u32::MAX),
-            PixelFormat::Uyvy,
-        );
-        for cut in 0..data.len() {
-            assert_corrupt(uyvy_to_rgb(&data[..cut], 4, 2, 8), PixelFormat::Uyvy);
-        }
-    }
-
-    #[test]
     fn rgb24_black_white_and_primaries() {
         for colour in [
             [0, 0, 0],
@@ -1537,29 +1548,6 @@ mod tests {
         let odd = rgb24_solid(3, 2, 10, [0, 0, 255]);
         let image = rgb24_to_rgb(&odd, 3, 2, 10).unwrap();
         assert!(image.pixels().all(|p| p.0 == [0, 0, 255]));
-    }
-
-    #[test]
-    fn rgb24_bad_buffers_are_errors() {
-        let data = rgb24_solid(4, 2, 12, [0, 255, 0]);
-        let short = assert_corrupt(rgb24_to_rgb(&data[..23], 4, 2, 12), PixelFormat::Rgb24);
-        assert!(
-            short.contains("23 bytes") && short.contains("RGB24"),
-            "{short}"
-        );
-        let pitch = assert_corrupt(rgb24_to_rgb(&data, 4, 2, 11), PixelFormat::Rgb24);
-        assert!(pitch.contains("bytesperline 11"), "{pitch}");
-        assert_corrupt(rgb24_to_rgb(&data, 0, 2, 12), PixelFormat::Rgb24);
-        assert_corrupt(rgb24_to_rgb(&data, 4, 0, 12), PixelFormat::Rgb24);
-        assert_corrupt(rgb24_to_rgb(&[], 4, 2, 12), PixelFormat::Rgb24);
-        assert_corrupt(rgb24_to_rgb(&[1, 2, 3], 1, 1, 0), PixelFormat::Rgb24);
-        assert_corrupt(
-            rgb24_to_rgb(&data, u32::MAX, u32::MAX, u32::MAX),
-            PixelFormat::Rgb24,
-        );
-        for cut in 0..data.len() {
-            assert_corrupt(rgb24_to_rgb(&data[..cut], 4, 2, 12), PixelFormat::Rgb24);
-        }
     }
 
     #[test]

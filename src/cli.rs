@@ -54,6 +54,17 @@ struct ModelArgs {
     precision: Precision,
 }
 
+/// The running daemon's control socket.
+#[derive(clap::Args)]
+struct SocketArg {
+    #[arg(
+        long = "socket",
+        env = "DERMAEDGE_SOCKET",
+        default_value = "/run/dermaedge/control.sock"
+    )]
+    path: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Analyze dermoscopic images: quality, lesion mask, measurements, class probabilities.
@@ -113,12 +124,8 @@ enum Command {
     Devices,
     /// Ask a running daemon to capture and analyze (over its control socket).
     Capture {
-        #[arg(
-            long,
-            env = "DERMAEDGE_SOCKET",
-            default_value = "/run/dermaedge/control.sock"
-        )]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: SocketArg,
         /// Analyze this image file instead of a camera frame.
         #[arg(long)]
         file: Option<PathBuf>,
@@ -134,12 +141,8 @@ enum Command {
     },
     /// Ask a running daemon how it is (over its control socket).
     Status {
-        #[arg(
-            long,
-            env = "DERMAEDGE_SOCKET",
-            default_value = "/run/dermaedge/control.sock"
-        )]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// Export stored results (the same JSON as the MQTT messages, or CSV).
     Results {
@@ -215,13 +218,13 @@ pub fn main() -> i32 {
             });
             let request = strip_nulls(request);
             answer(daemon::control(
-                &socket,
+                &socket.path,
                 &request,
                 std::time::Duration::from_secs(120),
             ))
         }
         Command::Status { socket } => answer(daemon::control(
-            &socket,
+            &socket.path,
             &serde_json::json!({"command": "status"}),
             std::time::Duration::from_secs(10),
         )),

@@ -1039,7 +1039,10 @@ impl Worker {
                 }
             }
         }
-        let image_sha = crate::model::sha256_hex(&image_bytes);
+        let image_sha = match &row.image {
+            Some(saved) => saved.sha256.clone(),
+            None => crate::model::sha256_hex(&image_bytes),
+        };
         let message = publish::result_message(&publish::MessageParts {
             id: &id,
             device_id: &self.config.device_id,

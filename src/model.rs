@@ -5,7 +5,6 @@
 //! the file and what is wrong: the device never runs a model it cannot vouch for.
 
 use std::fs;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -290,15 +289,38 @@ impl Model {
             path: path.clone(),
             msg: format!("{e:#}"),
         };
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut Cursor::new(bytes))
-            .map_err(tract_err)?
+        // Decode the protobuf straight from the bytes we hashed and drop them before tract
+        // builds its model: `model_for_read` would copy them once more, and these copies
+        // (file, protobuf, tract's tensors) are what sets the daemon's peak memory.
+        let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice())
+            .map_err(|e| invalid(&path, format!("not an ONNX protobuf ({e})")))?;
+        drop(bytes);
+        log::debug!(
+            "{}: protobuf decoded, peak RSS {:.1} MB",
+            path.display(),
+            crate::bench::peak_rss_mb()
+        );
+        let model = tract_onnx::onnx()
+            .model_for_proto_model(&proto)
+            .map_err(tract_err)?;
+        drop(proto);
+        log::debug!(
+            "{}: tract model built, peak RSS {:.1} MB",
+            path.display(),
+            crate::bench::peak_rss_mb()
+        );
+        let plan = model
             .with_input_fact(0, f32::fact([1, 3, h, w]).into())
             .map_err(tract_err)?
             .into_optimized()
             .map_err(tract_err)?
             .into_runnable()
             .map_err(tract_err)?;
+        log::debug!(
+            "{}: optimized, peak RSS {:.1} MB",
+            path.display(),
+            crate::bench::peak_rss_mb()
+        );
         Ok(Model {
             manifest,
             path,

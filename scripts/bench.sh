@@ -36,3 +36,14 @@ print(f"| {t['precision']} | {t['threads']} | {t['load_ms']:.0f} | {m['decode_ms
 PY
     done
 done
+echo
+echo "Where tract spends the bare inference time (1 thread, ms per run, top operators):"
+for precision in float32 int8; do
+    python - runs/bench/tract-$precision-1.json <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+for model in ("segmenter", "classifier"):
+    ops = ", ".join(f"{o['op']} {o['ms']:.1f} ({o['nodes']})" for o in t[f"{model}_ops"])
+    print(f"- {t['precision']} {model} ({t[model + '_bare_ms']:.1f} ms): {ops}")
+PY
+done

@@ -27,6 +27,9 @@ pub struct BenchReport {
     pub segmenter_bare_ms: f64,
     pub classifier_bare_ms: f64,
     pub classifier_runs_per_frame: usize,
+    /// Where tract spends the bare inference time, per kind of operator (the top five).
+    pub segmenter_ops: Vec<model::OpTime>,
+    pub classifier_ops: Vec<model::OpTime>,
     pub peak_rss_mb: f64,
     pub status: String,
 }
@@ -121,6 +124,14 @@ pub fn run(
         }
         Ok(median(&mut v))
     };
+    let ops = |m: &model::Model| -> Result<Vec<model::OpTime>, String> {
+        let input = vision::prepare(&frame, &m.manifest.preprocessing, None).tensor(false);
+        let mut ops = m
+            .profile_ops(&input, iterations)
+            .map_err(|e| e.to_string())?;
+        ops.truncate(5);
+        Ok(ops)
+    };
     let tta = analyzer
         .classifier
         .manifest
@@ -138,6 +149,8 @@ pub fn run(
         segmenter_bare_ms: bare(&analyzer.segmenter)?,
         classifier_bare_ms: bare(&analyzer.classifier)?,
         classifier_runs_per_frame: if tta { 2 } else { 1 },
+        segmenter_ops: ops(&analyzer.segmenter)?,
+        classifier_ops: ops(&analyzer.classifier)?,
         peak_rss_mb: peak_rss_mb(),
         status,
     })

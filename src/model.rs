@@ -339,6 +339,48 @@ impl Model {
     }
 }
 
+/// Where tract spends its time on a model: one kind of operator in the optimized plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpTime {
+    pub op: String,
+    /// Milliseconds per run, all nodes of this kind together.
+    pub ms: f64,
+    pub nodes: usize,
+}
+
+impl Model {
+    /// Time each node of the optimized plan over `iterations` runs on `input` (after two
+    /// warm-up runs), summed per kind of operator, slowest first.
+    pub fn profile_ops(&self, input: &Tensor, iterations: usize) -> TractResult<Vec<OpTime>> {
+        use std::collections::HashMap;
+        let mut by_op: HashMap<String, (f64, usize)> = HashMap::new();
+        let mut state = tract_onnx::tract_core::plan::SimpleState::new(&self.plan)?;
+        let runs = iterations.max(1);
+        for i in 0..runs + 2 {
+            state.run_plan_with_eval(tvec!(input.clone().into()), |ctx, st, node, inputs| {
+                let t = std::time::Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
+                if i >= 2 {
+                    let e = by_op.entry(node.op().name().to_string()).or_default();
+                    e.0 += t.elapsed().as_secs_f64() * 1e3;
+                    e.1 += 1;
+                }
+                out
+            })?;
+        }
+        let mut ops: Vec<OpTime> = by_op
+            .into_iter()
+            .map(|(op, (total, n))| OpTime {
+                op,
+                ms: total / runs as f64,
+                nodes: n / runs,
+            })
+            .collect();
+        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(ops)
+    }
+}
+
 /// A manifest file and what reading it gave.
 pub type ManifestEntry = (PathBuf, Result<Manifest, ModelError>);
 

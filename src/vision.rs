@@ -247,19 +247,25 @@ pub fn crop_resize(img: &RgbImage, r: Rect, width: u32, height: u32) -> RgbImage
         return crop(img, r);
     }
     // A cropped view, not `ResizeOptions::crop`: that one lets the filter read pixels beyond
-    // the box (the dark border), where Pillow resizes the cut-out alone.
-    let whole =
-        fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
-            .expect("an RgbImage's buffer holds width x height RGB pixels");
-    let src = fr::images::CroppedImage::new(&whole, r.left, r.top, r.width(), r.height())
+    // the box (the dark border), where Pillow resizes the cut-out alone. The typed API keeps
+    // the code generated to RGB8 (the untyped one instantiates every pixel format: +3 MB).
+    let whole = fr::images::TypedImageRef::<fr::pixels::U8x3>::from_buffer(
+        img.width(),
+        img.height(),
+        img.as_raw(),
+    )
+    .expect("an RgbImage's buffer holds width x height RGB pixels");
+    let src = fr::images::TypedCroppedImage::new(whole, r.left, r.top, r.width(), r.height())
         .expect("the box lies inside the image");
-    let mut dst = fr::images::Image::new(width, height, fr::PixelType::U8x3);
+    let mut out = vec![0u8; width as usize * height as usize * 3];
+    let mut dst = fr::images::TypedImage::<fr::pixels::U8x3>::from_buffer(width, height, &mut out)
+        .expect("a width x height RGB buffer");
     let options =
         fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
     fr::Resizer::new()
-        .resize(&src, &mut dst, &options)
+        .resize_typed(&src, &mut dst, &options)
         .expect("same pixel type on both sides");
-    RgbImage::from_raw(width, height, dst.into_vec()).expect("width x height RGB pixels")
+    RgbImage::from_raw(width, height, out).expect("width x height RGB pixels")
 }
 
 /// `(I * scale - mean) / std` as a 1x3xHxW tensor; `flip` mirrors left-right (for TTA).

@@ -116,6 +116,33 @@ def cmd_score(args) -> None:
     )
 
 
+def cmd_device_eval(args) -> None:
+    from .device_eval import device_eval
+
+    rep = device_eval(
+        Path(args.binary),
+        Path(args.models),
+        Path(args.data),
+        Path(args.out),
+        split_file=Path(args.split_file) if args.split_file else None,
+        which=args.split,
+        source=args.source,
+        precision=args.precision,
+    )
+    keys = (
+        "images",
+        "classified",
+        "coverage",
+        "recapture_reasons",
+        "balanced_accuracy",
+        "balanced_accuracy_ci95",
+        "official_balanced_accuracy",
+        "ece",
+        "melanoma",
+    )
+    print(json.dumps({k: rep[k] for k in keys if k in rep}, indent=2, default=float))
+
+
 def cmd_predict_masks(args) -> None:
     import numpy as np
     from PIL import Image
@@ -231,6 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--truth", required=True, help="one-hot truth CSV (evaluate writes one)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_score)
+
+    sp = sub.add_parser(
+        "device-eval", help="score the shipped models through the device's pipeline"
+    )
+    sp.add_argument("--binary", default="target/release/dermaedge", help="dermaedge binary")
+    sp.add_argument("--models", default="models", help="folder with the .onnx and manifests")
+    sp.add_argument("--precision", default="float32", choices=["float32", "int8"])
+    sp.add_argument("--data", required=True, help="classification dataset root")
+    sp.add_argument("--split-file", help="a training run's split.csv")
+    sp.add_argument("--split", default="val", choices=["train", "val", "test"])
+    sp.add_argument("--source", default="", help="only images of this source (leave-one-out)")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(fn=cmd_device_eval)
 
     sp = sub.add_parser("predict-masks", help="segment a classification dataset's images")
     sp.add_argument("checkpoint", help="a segmenter run's best.pt")

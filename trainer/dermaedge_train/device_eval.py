@@ -1,0 +1,156 @@
+"""Evaluate the shipped models as the device runs them: ``dermaedge analyze --csv``.
+
+The trainer's own ``evaluate`` runs the PyTorch checkpoint on preprocessed tensors; what a
+clinic gets is the Rust pipeline (decode, quality gate, segmentation, lesion crop,
+classification with TTA, calibration) on the exported .onnx files. This module feeds a split's
+images to the ``dermaedge`` binary and scores what it wrote.
+
+The device refuses frames that fail its quality gate ("recapture": too dark, blurred, no lesion,
+lesion cut off). Those images get no probabilities, so the report gives the coverage (the
+fraction classified) and the reasons next to the metrics, which are computed on the classified
+images only: a metric without its coverage would flatter the device.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+from pathlib import Path
+
+from .data import DataError, load_classification
+from .evaluate import score_csv, write_truth
+from .splits import load_split, select
+
+
+def pick_samples(data_root: Path, split_file: Path | None, which: str, source: str) -> list:
+    """The images to evaluate: a split of a run's split.csv, and/or one source's images."""
+    samples = load_classification(data_root, require_all_classes=False)
+    if split_file is not None:
+        samples = select(samples, load_split(split_file, samples), which)
+    if source:
+        samples = [s for s in samples if s.source == source]
+    if not samples:
+        raise DataError("no image matches the split/source asked for")
+    return samples
+
+
+def run_device(binary: Path, models: Path, precision: str, images: list[Path], out: Path) -> list:
+    """Run ``dermaedge analyze --json --csv`` on the images; the JSON results, one per image."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    # Batches keep each command line well under ARG_MAX.
+    for k in range(0, len(images), 500):
+        batch = images[k : k + 500]
+        csv_part = out / f"predictions.part{k // 500}.csv"
+        cmd = [
+            str(binary),
+            "analyze",
+            "--models",
+            str(models),
+            "--precision",
+            precision,
+            "--json",
+            "--csv",
+            str(csv_part),
+            *map(str, batch),
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            raise DataError(
+                f"{binary}: cannot run it ({e}); build it with `cargo build --release` "
+                "or pass --binary"
+            ) from e
+        if proc.returncode not in (0, 1):  # 1: some images failed, reported on stderr
+            raise DataError(f"{binary}: exit status {proc.returncode}: {proc.stderr.strip()}")
+        for line in proc.stderr.splitlines():
+            print(line)
+        results += [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    parts = sorted(out.glob("predictions.part*.csv"), key=lambda p: int(p.stem[16:]))
+    lines = []
+    for i, p in enumerate(parts):
+        rows = p.read_text().splitlines()
+        lines += rows if i == 0 else rows[1:]
+        p.unlink()
+    (out / "predictions.csv").write_text("\n".join(lines) + "\n")
+    return results
+
+
+def device_eval(
+    binary: Path,
+    models: Path,
+    data_root: Path,
+    out: Path,
+    split_file: Path | None = None,
+    which: str = "val",
+    source: str = "",
+    precision: str = "float32",
+) -> dict:
+    samples = pick_samples(data_root, split_file, which, source)
+    results = run_device(binary, models, precision, [s.image for s in samples], out)
+    with open(out / "results.jsonl", "w") as f:  # what the device said about each image
+        f.writelines(json.dumps(r) + "\n" for r in results)
+    status = {r["image"]: r for r in results}
+    reasons = collections.Counter(
+        reason for r in results if r["status"] != "ok" for reason in r["recapture_reasons"]
+    )
+    classified = [s for s in samples if status.get(s.image.name, {}).get("status") == "ok"]
+    report = {
+        "images": len(samples),
+        "analyzed": len(results),
+        "classified": len(classified),
+        "coverage": len(classified) / len(samples),
+        "recapture_reasons": dict(reasons),
+        "models": results[0]["models"] if results else [],
+        "precision": precision,
+        "split": {
+            "file": str(split_file) if split_file else None,
+            "which": which,
+            "source": source or None,
+        },
+    }
+    if classified:
+        truth = {s.image_id: s.label for s in classified}
+        write_truth(out / "truth.csv", list(truth), list(truth.values()))
+        rep = score_csv(out / "predictions.csv", truth, out)
+        report |= {
+            k: rep[k]
+            for k in (
+                "n",
+                "balanced_accuracy",
+                "balanced_accuracy_ci95",
+                "mean_auc",
+                "ece",
+                "melanoma",
+                "per_class",
+            )
+            if k in rep
+        }
+        report["official_balanced_accuracy"] = official_score(out)
+    (out / "device_eval.json").write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def official_score(out: Path) -> float | None:
+    """The official ISIC scorer's balanced accuracy, when it is installed.
+
+    It needs every scored class to have a true sample, so the columns without one are dropped
+    first; that also drops them from the argmax, so where the model predicts an absent class
+    this figure is higher than ours (which keeps all eight columns)."""
+    try:
+        import isic_challenge_scoring as scoring
+        import pandas as pd
+    except ImportError:
+        return None
+    truth = pd.read_csv(out / "truth.csv", index_col=0)
+    pred = pd.read_csv(out / "predictions.csv", index_col=0).loc[truth.index]
+    keep = [c for c in truth.columns if truth[c].sum() > 0]
+    rows_kept = truth[keep].sum(axis=1) > 0
+    truth_f, pred_f = out / "truth.official.csv", out / "predictions.official.csv"
+    truth[keep][rows_kept].to_csv(truth_f)
+    pred[keep][rows_kept].to_csv(pred_f)
+    score = scoring.ClassificationScore.from_file(
+        truth_f, pred_f, scoring.ClassificationMetric.BALANCED_ACCURACY
+    )
+    return float(score.overall)

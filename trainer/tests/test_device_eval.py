@@ -1,0 +1,92 @@
+"""`dermaedge-train device-eval`: the shipped models scored through the device's own pipeline.
+
+Needs the `dermaedge` binary: scripts/test.sh builds it and runs this file again with
+DERMAEDGE_BIN set (the first, binary-less pytest run skips it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dermaedge_train.cli import main
+from dermaedge_train.data import DataError
+from dermaedge_train.device_eval import device_eval
+
+from .conftest import REPO, SAMPLES
+
+BIN = os.environ.get("DERMAEDGE_BIN")
+pytestmark = pytest.mark.skipif(not BIN, reason="DERMAEDGE_BIN (the built binary) not set")
+
+
+@pytest.fixture(scope="module")
+def samples_root(tmp_path_factory) -> Path:
+    """The eight bundled ISIC samples in the `simple` layout."""
+    root = tmp_path_factory.mktemp("samples")
+    (root / "cls" / "images").mkdir(parents=True)
+    shutil.copy(SAMPLES / "labels.csv", root / "cls" / "labels.csv")
+    for jpg in SAMPLES.glob("*.jpg"):
+        shutil.copy(jpg, root / "cls" / "images" / jpg.name)
+    return root
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_scores_what_the_binary_classified_and_reports_coverage(samples_root, tmp_path):
+    out = tmp_path / "eval"
+    rep = device_eval(Path(BIN), REPO / "models", samples_root, out)
+    assert rep["images"] == rep["analyzed"] == 8
+    refused = sum(rep["recapture_reasons"].values())
+    assert rep["classified"] + refused >= 8  # a refused frame can have several reasons
+    assert rep["coverage"] == pytest.approx(rep["classified"] / 8)
+    assert rep["classified"] > 0, "the development models classify some of the samples"
+    preds, truth = rows(out / "predictions.csv"), rows(out / "truth.csv")
+    assert [r["image"] for r in preds] == [r["image"] for r in truth]
+    assert len(preds) == rep["classified"] == rep["n"]
+    for p in preds:
+        assert sum(float(p[c]) for c in p if c != "image") == pytest.approx(1, abs=1e-5)
+    labels = {r["image"].removesuffix(".jpg"): r["label"] for r in rows(SAMPLES / "labels.csv")}
+    for t in truth:
+        assert t[labels[t["image"]]] == "1.0"
+    assert 0 <= rep["balanced_accuracy"] <= 1
+    assert {m["precision"] for m in rep["models"]} == {"float32"}
+    assert json.loads((out / "device_eval.json").read_text())["coverage"] == rep["coverage"]
+
+
+def test_a_split_file_selects_its_images(samples_root, tmp_path):
+    split = tmp_path / "split.csv"
+    names = sorted(p.stem for p in SAMPLES.glob("*.jpg"))
+    split.write_text(
+        "image,split\n"
+        + "".join(f"{n},{'val' if i < 3 else 'train'}\n" for i, n in enumerate(names))
+    )
+    rep = device_eval(Path(BIN), REPO / "models", samples_root, tmp_path / "e", split_file=split)
+    assert rep["images"] == 3
+
+
+def test_the_command_line_runs_int8_and_names_a_missing_binary(samples_root, tmp_path, capsys):
+    args = [
+        "device-eval",
+        "--binary",
+        BIN,
+        "--models",
+        str(REPO / "models"),
+        "--data",
+        str(samples_root),
+        "--precision",
+        "int8",
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 8
+    with pytest.raises(DataError, match="nope/dermaedge: cannot run it"):
+        device_eval(Path("nope/dermaedge"), REPO / "models", samples_root, tmp_path / "f")

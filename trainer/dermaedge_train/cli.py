@@ -95,25 +95,10 @@ def cmd_export(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from .evaluate import score_csv
+    from .evaluate import SUMMARY, score_csv
 
     rep = score_csv(Path(args.predictions), Path(args.truth), Path(args.out))
-    print(
-        json.dumps(
-            {
-                k: rep[k]
-                for k in (
-                    "n",
-                    "balanced_accuracy",
-                    "balanced_accuracy_ci95",
-                    "mean_auc",
-                    "ece",
-                    "melanoma",
-                )
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps({k: rep[k] for k in SUMMARY}, indent=2))
 
 
 def cmd_device_eval(args) -> None:

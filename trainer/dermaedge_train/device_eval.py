@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from .data import DataError, load_classification
-from .evaluate import score_csv, write_truth
+from .evaluate import SUMMARY, score_csv, write_truth
 from .splits import load_split, select
 
 
@@ -114,19 +114,7 @@ def device_eval(
         truth = {s.image_id: s.label for s in classified}
         write_truth(out / "truth.csv", list(truth), list(truth.values()))
         rep = score_csv(out / "predictions.csv", truth, out)
-        report |= {
-            k: rep[k]
-            for k in (
-                "n",
-                "balanced_accuracy",
-                "balanced_accuracy_ci95",
-                "mean_auc",
-                "ece",
-                "melanoma",
-                "per_class",
-            )
-            if k in rep
-        }
+        report |= {k: rep[k] for k in SUMMARY}  # per class and the rest: metrics.json
         report["official_balanced_accuracy"] = official_score(out)
     (out / "device_eval.json").write_text(json.dumps(report, indent=2, default=float))
     return report

@@ -114,6 +114,10 @@ def write_truth(path: Path, image_ids: list[str], labels: np.ndarray) -> None:
             w.writerow([image_id, *("1.0" if c == y else "0.0" for c in range(len(CLASSES)))])
 
 
+# The headline figures of a classification report (the rest is in its metrics.json).
+SUMMARY = ("n", "balanced_accuracy", "balanced_accuracy_ci95", "mean_auc", "ece", "melanoma")
+
+
 def report_classification(
     y: np.ndarray, probs: np.ndarray, out_dir: Path, mel_specificity: float = 0.72
 ) -> dict:

@@ -295,20 +295,10 @@ impl Model {
         let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice())
             .map_err(|e| invalid(&path, format!("not an ONNX protobuf ({e})")))?;
         drop(bytes);
-        log::debug!(
-            "{}: protobuf decoded, peak RSS {:.1} MB",
-            path.display(),
-            crate::bench::peak_rss_mb()
-        );
         let model = tract_onnx::onnx()
             .model_for_proto_model(&proto)
             .map_err(tract_err)?;
         drop(proto);
-        log::debug!(
-            "{}: tract model built, peak RSS {:.1} MB",
-            path.display(),
-            crate::bench::peak_rss_mb()
-        );
         let plan = model
             .with_input_fact(0, f32::fact([1, 3, h, w]).into())
             .map_err(tract_err)?
@@ -317,7 +307,7 @@ impl Model {
             .into_runnable()
             .map_err(tract_err)?;
         log::debug!(
-            "{}: optimized, peak RSS {:.1} MB",
+            "{}: loaded; peak RSS so far {:.1} MB",
             path.display(),
             crate::bench::peak_rss_mb()
         );

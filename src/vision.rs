@@ -128,6 +128,15 @@ impl Rect {
     pub fn height(&self) -> u32 {
         self.bottom - self.top
     }
+    /// This box, given relative to `outer`, in the coordinates `outer` is given in.
+    pub fn within(self, outer: Rect) -> Rect {
+        Rect {
+            top: outer.top + self.top,
+            bottom: outer.top + self.bottom,
+            left: outer.left + self.left,
+            right: outer.left + self.right,
+        }
+    }
 }
 
 pub fn luma(p: &Rgb<u8>) -> u32 {
@@ -341,12 +350,7 @@ pub fn prepare_with_border(
                         crop_border_box(&pixels, *luma_threshold, *min_bright_fraction, *min_keep)
                     }
                 };
-                view = Rect {
-                    top: view.top + r.top,
-                    bottom: view.top + r.bottom,
-                    left: view.left + r.left,
-                    right: view.left + r.right,
-                };
+                view = r.within(view);
                 if on_frame(&pixels) {
                     border_box = view;
                 }
@@ -356,12 +360,7 @@ pub fn prepare_with_border(
                     continue;
                 };
                 if let Some(r) = lesion_box(&crop_gray(m, view), *margin) {
-                    view = Rect {
-                        top: view.top + r.top,
-                        bottom: view.top + r.bottom,
-                        left: view.left + r.left,
-                        right: view.left + r.right,
-                    };
+                    view = r.within(view);
                     lesion = Some(view);
                 }
             }
@@ -398,11 +397,9 @@ pub fn mask_from_logits(
         .take(h * w)
         .map(|&l| fr::pixels::F32::new(1.0 / (1.0 + (-l).exp())))
         .collect();
-    let (Ok(src), true) = (
-        fr::images::TypedImageRef::new(w as u32, h as u32, &probs),
-        size.0 > 0 && size.1 > 0,
-    ) else {
-        return GrayImage::new(size.0, size.1);
+    let src = match fr::images::TypedImageRef::new(w as u32, h as u32, &probs) {
+        Ok(src) if size.0 > 0 && size.1 > 0 => src,
+        _ => return GrayImage::new(size.0, size.1), // nothing to resize, or nowhere to
     };
     let mut up = fr::images::TypedImage::<fr::pixels::F32>::new(size.0, size.1);
     let options =
@@ -749,6 +746,56 @@ mod tests {
             let d = ((f64::from(x) - cx) / rx).powi(2) + ((f64::from(y) - cy) / ry).powi(2);
             Luma([if d <= 1.0 { 255 } else { 0 }])
         })
+    }
+
+    #[test]
+    fn prepare_crops_in_frame_coordinates_and_resizes_the_cut_out_once() {
+        let mut frame = bordered(120, 90, (5, 7, 9, 3));
+        for (x, y, p) in frame.enumerate_pixels_mut() {
+            if p[0] > 0 {
+                *p = Rgb([(x * 2) as u8, (y * 2) as u8, 100]); // a gradient: crops show
+            }
+        }
+        let mask = disc(120, 90, 70.0, 40.0, 12.0, 9.0);
+        let steps = [
+            Step::CropBorder {
+                luma_threshold: 20,
+                min_bright_fraction: 0.5,
+                min_keep: 0.5,
+            },
+            Step::LesionCrop { margin: 0.25 },
+            Step::Resize {
+                width: 16,
+                height: 16,
+                filter: "triangle".into(),
+            },
+            Step::Normalize {
+                mean: [0.0; 3],
+                std: [1.0; 3],
+                scale: 1.0,
+            },
+        ];
+        let p = prepare(&frame, &steps, Some(&mask));
+        let field = Rect {
+            top: 5,
+            bottom: 83,
+            left: 9,
+            right: 117,
+        };
+        assert_eq!(p.border_box, field);
+        let lesion = lesion_box(&crop_gray(&mask, field), 0.25)
+            .unwrap()
+            .within(field);
+        assert_eq!(p.lesion_box, Some(lesion));
+        assert_eq!(p.image, resize(&crop(&frame, lesion), 16, 16));
+        // The classifier reuses the segmenter's border box: same result without the scan.
+        let known = prepare_with_border(&frame, &steps, Some(&mask), Some((&steps[0], field)));
+        assert_eq!((known.border_box, known.lesion_box), (field, Some(lesion)));
+        assert_eq!(known.image, p.image);
+        // Without a mask the lesion crop is skipped.
+        let no_mask = prepare(&frame, &steps, None);
+        assert_eq!(no_mask.lesion_box, None);
+        assert_eq!(no_mask.image, resize(&crop(&frame, field), 16, 16));
     }
 
     #[test]

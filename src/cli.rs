@@ -76,7 +76,8 @@ enum Command {
         /// Print one JSON result per line instead of a summary.
         #[arg(long)]
         json: bool,
-        /// Write an overlay PNG of the lesion outline per image into this folder.
+        /// Write per image into this folder: NAME.overlay.png (the lesion outline on the
+        /// image) and NAME.mask.png (the lesion mask, 0/255, the image's size).
         #[arg(long)]
         masks: Option<PathBuf>,
         /// Write the probabilities in the ISIC submission format (image,MEL,...,SCC).
@@ -357,10 +358,14 @@ fn analyze(
             let stem = path
                 .file_stem()
                 .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-            let target = dir.join(format!("{stem}.overlay.png"));
+            let overlay = dir.join(format!("{stem}.overlay.png"));
             vision::overlay(&frame, &a.mask)
-                .save(&target)
-                .map_err(|e| format!("{}: cannot write ({e})", target.display()))?;
+                .save(&overlay)
+                .map_err(|e| format!("{}: cannot write ({e})", overlay.display()))?;
+            let mask = dir.join(format!("{stem}.mask.png"));
+            a.mask
+                .save(&mask)
+                .map_err(|e| format!("{}: cannot write ({e})", mask.display()))?;
         }
         if let (Some((p, f)), Some(c)) = (csv_out.as_mut(), a.classification.as_ref()) {
             let id = path

@@ -116,6 +116,23 @@ fn analyze_writes_isic_csv_and_overlays() {
     }
     let overlay = image::open(masks.join("ISIC_0001100.overlay.png")).unwrap();
     assert_eq!((overlay.width(), overlay.height()), (384, 384));
+    // The mask is the lesion as the device found it: binary, the image's size, and close to
+    // the ISIC 2018 ground truth on this sample (a shifted or scaled mask would not be).
+    let mask = image::open(masks.join("ISIC_0001100.mask.png"))
+        .unwrap()
+        .to_luma8();
+    let truth = image::open(common::samples().join("masks/ISIC_0001100.png"))
+        .unwrap()
+        .to_luma8();
+    assert_eq!(mask.dimensions(), truth.dimensions());
+    assert!(mask.pixels().all(|p| p[0] == 0 || p[0] == 255));
+    let (mut both, mut either) = (0u32, 0u32);
+    for (m, t) in mask.pixels().zip(truth.pixels()) {
+        both += u32::from(m[0] > 127 && t[0] > 127);
+        either += u32::from(m[0] > 127 || t[0] > 127);
+    }
+    let jaccard = f64::from(both) / f64::from(either.max(1));
+    assert!(jaccard > 0.6, "Jaccard with the ground truth {jaccard:.3}");
 }
 
 #[test]

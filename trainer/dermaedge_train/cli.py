@@ -102,8 +102,28 @@ def cmd_score(args) -> None:
 
 
 def cmd_device_eval(args) -> None:
-    from .device_eval import device_eval
+    from .device_eval import device_eval, device_eval_segmentation
 
+    if args.task == "segmentation":
+        rep = device_eval_segmentation(
+            Path(args.binary),
+            Path(args.models),
+            Path(args.data),
+            Path(args.out),
+            split_file=Path(args.split_file) if args.split_file else None,
+            which=args.split,
+            precision=args.precision,
+        )
+        keys = (
+            "n",
+            "refused",
+            "jaccard",
+            "thresholded_jaccard",
+            "thresholded_jaccard_ci95",
+            "dice",
+        )
+        print(json.dumps({k: rep[k] for k in keys}, indent=2, default=float))
+        return
     rep = device_eval(
         Path(args.binary),
         Path(args.models),
@@ -250,7 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--binary", default="target/release/dermaedge", help="dermaedge binary")
     sp.add_argument("--models", default="models", help="folder with the .onnx and manifests")
     sp.add_argument("--precision", default="float32", choices=["float32", "int8"])
-    sp.add_argument("--data", required=True, help="classification dataset root")
+    sp.add_argument(
+        "--task",
+        default="classification",
+        choices=["classification", "segmentation"],
+        help="score the classifier (default) or the lesion masks",
+    )
+    sp.add_argument("--data", required=True, help="dataset root (cls/ or seg/ inside)")
     sp.add_argument("--split-file", help="a training run's split.csv")
     sp.add_argument("--split", default="val", choices=["train", "val", "test"])
     sp.add_argument("--source", default="", help="only images of this source (leave-one-out)")

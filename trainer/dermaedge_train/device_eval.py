@@ -18,7 +18,10 @@ import json
 import subprocess
 from pathlib import Path
 
-from .data import DataError, load_classification
+import numpy as np
+
+from . import metrics
+from .data import DataError, load_classification, load_mask, load_segmentation
 from .evaluate import SUMMARY, score_csv, write_truth
 from .splits import load_split, select
 
@@ -35,8 +38,11 @@ def pick_samples(data_root: Path, split_file: Path | None, which: str, source: s
     return samples
 
 
-def run_device(binary: Path, models: Path, precision: str, images: list[Path], out: Path) -> list:
-    """Run ``dermaedge analyze --json --csv`` on the images; the JSON results, one per image."""
+def run_device(
+    binary: Path, models: Path, precision: str, images: list[Path], out: Path, masks: bool = False
+) -> list:
+    """Run ``dermaedge analyze --json --csv`` on the images; the JSON results, one per image.
+    With ``masks``, the lesion masks the device found go to ``out/masks/<id>.mask.png``."""
     out.mkdir(parents=True, exist_ok=True)
     results = []
     # Batches keep each command line well under ARG_MAX.
@@ -53,6 +59,7 @@ def run_device(binary: Path, models: Path, precision: str, images: list[Path], o
             "--json",
             "--csv",
             str(csv_part),
+            *(["--masks", str(out / "masks")] if masks else []),
             *map(str, batch),
         ]
         try:
@@ -116,6 +123,48 @@ def device_eval(
         rep = score_csv(out / "predictions.csv", truth, out)
         report |= {k: rep[k] for k in SUMMARY}  # per class and the rest: metrics.json
         report["official_balanced_accuracy"] = official_score(out)
+    (out / "device_eval.json").write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def device_eval_segmentation(
+    binary: Path,
+    models: Path,
+    data_root: Path,
+    out: Path,
+    split_file: Path | None = None,
+    which: str = "val",
+    precision: str = "float32",
+) -> dict:
+    """The device's lesion masks (``analyze --masks``) against the ground-truth masks, at the
+    image's resolution. Every image counts, refused frames too: a frame refused for "no
+    lesion" has an empty mask and scores 0, as it would in the clinic."""
+    samples = load_segmentation(data_root)
+    if split_file is not None:
+        samples = select(samples, load_split(split_file, samples), which)
+    if not samples:
+        raise DataError("no image matches the split asked for")
+    results = run_device(binary, models, precision, [s.image for s in samples], out, masks=True)
+    status = {r["image"]: r["status"] for r in results}
+    rows = []
+    for s in samples:
+        truth = load_mask(s.mask)
+        found = out / "masks" / f"{s.image.stem}.mask.png"
+        pred = load_mask(found, truth.shape) if found.exists() else np.zeros_like(truth)
+        rows.append((s.image_id, metrics.jaccard(pred, truth), metrics.dice(pred, truth)))
+    j = np.array([r[1] for r in rows])
+    report = metrics.segmentation_report(list(j), [r[2] for r in rows])
+    report |= {
+        "thresholded_jaccard_ci95": metrics.bootstrap_ci(
+            j, lambda i: float(np.where(j[i] < 0.65, 0, j[i]).mean())
+        ),
+        "images": len(samples),
+        "analyzed": len(results),
+        "refused": sum(st != "ok" for st in status.values()),
+        "models": results[0]["models"] if results else [],
+        "precision": precision,
+        "per_image": {image_id: round(jac, 4) for image_id, jac, _ in rows},
+    }
     (out / "device_eval.json").write_text(json.dumps(report, indent=2, default=float))
     return report
 

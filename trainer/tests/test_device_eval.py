@@ -13,10 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from dermaedge_train.cli import main
 from dermaedge_train.data import DataError
-from dermaedge_train.device_eval import device_eval
+from dermaedge_train.device_eval import device_eval, device_eval_segmentation
 
 from .conftest import REPO, SAMPLES
 
@@ -32,6 +33,11 @@ def samples_root(tmp_path_factory) -> Path:
     shutil.copy(SAMPLES / "labels.csv", root / "cls" / "labels.csv")
     for jpg in SAMPLES.glob("*.jpg"):
         shutil.copy(jpg, root / "cls" / "images" / jpg.name)
+    (root / "seg" / "images").mkdir(parents=True)
+    shutil.copy(SAMPLES / "pairs.csv", root / "seg" / "pairs.csv")
+    shutil.copytree(SAMPLES / "masks", root / "seg" / "masks")
+    for r in rows(SAMPLES / "pairs.csv"):
+        shutil.copy(SAMPLES / r["image"], root / "seg" / "images" / r["image"])
     return root
 
 
@@ -90,3 +96,22 @@ def test_the_command_line_runs_int8_and_names_a_missing_binary(samples_root, tmp
     assert json.loads(capsys.readouterr().out)["images"] == 8
     with pytest.raises(DataError, match="nope/dermaedge: cannot run it"):
         device_eval(Path("nope/dermaedge"), REPO / "models", samples_root, tmp_path / "f")
+
+
+def test_segmentation_scores_the_device_masks_against_the_ground_truth(samples_root, tmp_path):
+    out = tmp_path / "seg"
+    rep = device_eval_segmentation(Path(BIN), REPO / "models", samples_root, out)
+    pairs = rows(SAMPLES / "pairs.csv")
+    assert rep["n"] == rep["images"] == rep["analyzed"] == len(pairs) == 5
+    assert sorted(rep["per_image"]) == sorted(r["image"].removesuffix(".jpg") for r in pairs)
+    for r in pairs:  # the masks the device wrote, at the image's size
+        stem = r["image"].removesuffix(".jpg")
+        assert (
+            Image.open(out / "masks" / f"{stem}.mask.png").size
+            == Image.open(SAMPLES / r["image"]).size
+        )
+    j = list(rep["per_image"].values())
+    assert rep["jaccard"] == pytest.approx(sum(j) / 5, abs=1e-3)
+    assert rep["thresholded_jaccard"] <= rep["jaccard"]
+    # the development segmenter finds these lesions (thresholded Jaccard 0.67 at export)
+    assert rep["jaccard"] > 0.5

@@ -104,47 +104,17 @@ def cmd_score(args) -> None:
 def cmd_device_eval(args) -> None:
     from .device_eval import device_eval, device_eval_segmentation
 
+    paths = (Path(args.binary), Path(args.models), Path(args.data), Path(args.out))
+    split_file = Path(args.split_file) if args.split_file else None
+    common = {"split_file": split_file, "which": args.split, "precision": args.precision}
     if args.task == "segmentation":
-        rep = device_eval_segmentation(
-            Path(args.binary),
-            Path(args.models),
-            Path(args.data),
-            Path(args.out),
-            split_file=Path(args.split_file) if args.split_file else None,
-            which=args.split,
-            precision=args.precision,
-        )
-        keys = (
-            "n",
-            "refused",
-            "jaccard",
-            "thresholded_jaccard",
-            "thresholded_jaccard_ci95",
-            "dice",
-        )
-        print(json.dumps({k: rep[k] for k in keys}, indent=2, default=float))
-        return
-    rep = device_eval(
-        Path(args.binary),
-        Path(args.models),
-        Path(args.data),
-        Path(args.out),
-        split_file=Path(args.split_file) if args.split_file else None,
-        which=args.split,
-        source=args.source,
-        precision=args.precision,
-    )
-    keys = (
-        "images",
-        "classified",
-        "coverage",
-        "recapture_reasons",
-        "balanced_accuracy",
-        "balanced_accuracy_ci95",
-        "official_balanced_accuracy",
-        "ece",
-        "melanoma",
-    )
+        rep = device_eval_segmentation(*paths, **common)
+        keys = ("n", "refused", "jaccard", "thresholded_jaccard", "thresholded_jaccard_ci95")
+        keys += ("dice",)
+    else:
+        rep = device_eval(*paths, source=args.source, **common)
+        keys = ("images", "classified", "coverage", "recapture_reasons", "balanced_accuracy")
+        keys += ("balanced_accuracy_ci95", "official_balanced_accuracy", "ece", "melanoma")
     print(json.dumps({k: rep[k] for k in keys if k in rep}, indent=2, default=float))
 
 

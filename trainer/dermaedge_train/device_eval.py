@@ -26,9 +26,8 @@ from .evaluate import SUMMARY, score_csv, write_truth
 from .splits import load_split, select
 
 
-def pick_samples(data_root: Path, split_file: Path | None, which: str, source: str) -> list:
+def pick_samples(samples: list, split_file: Path | None, which: str, source: str = "") -> list:
     """The images to evaluate: a split of a run's split.csv, and/or one source's images."""
-    samples = load_classification(data_root, require_all_classes=False)
     if split_file is not None:
         samples = select(samples, load_split(split_file, samples), which)
     if source:
@@ -94,7 +93,8 @@ def device_eval(
     source: str = "",
     precision: str = "float32",
 ) -> dict:
-    samples = pick_samples(data_root, split_file, which, source)
+    samples = load_classification(data_root, require_all_classes=False)
+    samples = pick_samples(samples, split_file, which, source)
     results = run_device(binary, models, precision, [s.image for s in samples], out)
     with open(out / "results.jsonl", "w") as f:  # what the device said about each image
         f.writelines(json.dumps(r) + "\n" for r in results)
@@ -139,11 +139,7 @@ def device_eval_segmentation(
     """The device's lesion masks (``analyze --masks``) against the ground-truth masks, at the
     image's resolution. Every image counts, refused frames too: a frame refused for "no
     lesion" has an empty mask and scores 0, as it would in the clinic."""
-    samples = load_segmentation(data_root)
-    if split_file is not None:
-        samples = select(samples, load_split(split_file, samples), which)
-    if not samples:
-        raise DataError("no image matches the split asked for")
+    samples = pick_samples(load_segmentation(data_root), split_file, which)
     results = run_device(binary, models, precision, [s.image for s in samples], out, masks=True)
     status = {r["image"]: r["status"] for r in results}
     rows = []

@@ -1326,30 +1326,42 @@ mod tests {
         }
     }
 
+    type Solid = fn(u32, u32, usize, (u8, u8, u8)) -> Vec<u8>;
+
+    /// The two packed 4:2:2 byte orders, with a maker of solid-colour frames for each.
+    const PACKED_422: [(&str, Convert, Solid); 2] = [
+        ("yuyv", yuyv_to_rgb, yuyv_solid),
+        ("uyvy", uyvy_to_rgb, uyvy_solid),
+    ];
+
     #[test]
-    fn yuyv_black_and_white() {
-        let black = yuyv_to_rgb(&yuyv_solid(4, 2, 8, (16, 128, 128)), 4, 2, 8).unwrap();
-        assert_eq!(black.dimensions(), (4, 2));
-        assert!(black.pixels().all(|p| p.0 == [0, 0, 0]));
-        let white = yuyv_to_rgb(&yuyv_solid(4, 2, 8, (235, 128, 128)), 4, 2, 8).unwrap();
-        assert!(white.pixels().all(|p| p.0 == [255, 255, 255]));
-        // Out-of-range codes clamp instead of wrapping.
-        let over = yuyv_to_rgb(&yuyv_solid(2, 1, 4, (255, 255, 255)), 2, 1, 4).unwrap();
-        assert_eq!(over.get_pixel(0, 0).0[0], 255);
-        let under = yuyv_to_rgb(&yuyv_solid(2, 1, 4, (0, 0, 0)), 2, 1, 4).unwrap();
-        assert_eq!(under.get_pixel(0, 0).0, [0, 135, 0]);
+    fn packed_422_black_white_and_clamping() {
+        for (name, convert, solid) in PACKED_422 {
+            let black = convert(&solid(4, 2, 8, (16, 128, 128)), 4, 2, 8).unwrap();
+            assert_eq!(black.dimensions(), (4, 2), "{name}");
+            assert!(black.pixels().all(|p| p.0 == [0, 0, 0]), "{name}");
+            let white = convert(&solid(4, 2, 8, (235, 128, 128)), 4, 2, 8).unwrap();
+            assert!(white.pixels().all(|p| p.0 == [255, 255, 255]), "{name}");
+            // Out-of-range codes clamp instead of wrapping.
+            let over = convert(&solid(2, 1, 4, (255, 255, 255)), 2, 1, 4).unwrap();
+            assert_eq!(over.get_pixel(0, 0).0[0], 255, "{name}");
+            let under = convert(&solid(2, 1, 4, (0, 0, 0)), 2, 1, 4).unwrap();
+            assert_eq!(under.get_pixel(0, 0).0, [0, 135, 0], "{name}");
+        }
     }
 
     #[test]
-    fn yuyv_primaries() {
-        for (yuv, rgb) in [
-            (RED, [255, 0, 0]),
-            (GREEN, [0, 255, 0]),
-            (BLUE, [0, 0, 255]),
-        ] {
-            let image = yuyv_to_rgb(&yuyv_solid(6, 3, 12, yuv), 6, 3, 12).unwrap();
-            for pixel in image.pixels() {
-                assert_near(pixel, rgb, 2);
+    fn packed_422_primaries() {
+        for (_, convert, solid) in PACKED_422 {
+            for (yuv, rgb) in [
+                (RED, [255, 0, 0]),
+                (GREEN, [0, 255, 0]),
+                (BLUE, [0, 0, 255]),
+            ] {
+                let image = convert(&solid(6, 3, 12, yuv), 6, 3, 12).unwrap();
+                for pixel in image.pixels() {
+                    assert_near(pixel, rgb, 2);
+                }
             }
         }
     }
@@ -1436,28 +1448,7 @@ mod tests {
     }
 
     #[test]
-    fn uyvy_black_and_white() {
-        let black = uyvy_to_rgb(&uyvy_solid(4, 2, 8, (16, 128, 128)), 4, 2, 8).unwrap();
-        assert_eq!(black.dimensions(), (4, 2));
-        assert!(black.pixels().all(|p| p.0 == [0, 0, 0]));
-        let white = uyvy_to_rgb(&uyvy_solid(4, 2, 8, (235, 128, 128)), 4, 2, 8).unwrap();
-        assert!(white.pixels().all(|p| p.0 == [255, 255, 255]));
-        let under = uyvy_to_rgb(&uyvy_solid(2, 1, 4, (0, 0, 0)), 2, 1, 4).unwrap();
-        assert_eq!(under.get_pixel(0, 0).0, [0, 135, 0]);
-    }
-
-    #[test]
-    fn uyvy_primaries() {
-        for (yuv, rgb) in [
-            (RED, [255, 0, 0]),
-            (GREEN, [0, 255, 0]),
-            (BLUE, [0, 0, 255]),
-        ] {
-            let image = uyvy_to_rgb(&uyvy_solid(6, 3, 12, yuv), 6, 3, 12).unwrap();
-            for pixel in image.pixels() {
-                assert_near(pixel, rgb, 2);
-            }
-        }
+    fn uyvy_read_as_yuyv_is_not_the_same_colour() {
         // Read with the YUYV byte order the same bytes are not red: the order matters.
         let red = uyvy_solid(2, 1, 4, RED);
         let misread = yuyv_to_rgb(&red, 2, 1, 4).unwrap();

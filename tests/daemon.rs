@@ -380,6 +380,17 @@ fn assert_delivered_in_order(stored: &[String], received: &[String]) {
     );
 }
 
+/// Run a `dermaedge` command that must succeed and print one JSON value.
+fn cli_json(cmd: &mut Command) -> Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
@@ -486,28 +497,22 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
         &fs::metadata(site.socket()).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    let out = Command::new(BIN)
-        .args([
-            "capture",
-            "--lesion-id",
-            "L9",
-            "--age",
-            "61",
-            "--sex",
-            "male",
-            "--file",
-        ])
-        .arg(common::samples().join("ISIC_0000900.jpg"))
-        .arg("--socket")
-        .arg(site.socket())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let reply = cli_json(
+        Command::new(BIN)
+            .args([
+                "capture",
+                "--lesion-id",
+                "L9",
+                "--age",
+                "61",
+                "--sex",
+                "male",
+                "--file",
+            ])
+            .arg(common::samples().join("ISIC_0000900.jpg"))
+            .arg("--socket")
+            .arg(site.socket()),
     );
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = reply["id"].as_str().unwrap().to_string();
     wait_until("the socket capture delivered", secs(20), || {
         sub.result_ids("t/dev1").contains(&id)
@@ -523,18 +528,12 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
     assert!(validator.is_valid(&msg));
 
     // `dermaedge status` over the socket: counts and the link.
-    let out = Command::new(BIN)
-        .arg("status")
-        .arg("--socket")
-        .arg(site.socket())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let status = cli_json(
+        Command::new(BIN)
+            .arg("status")
+            .arg("--socket")
+            .arg(site.socket()),
     );
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (status["results"].as_i64(), status["mqtt"].as_str()),
         (Some(n + 1), Some("connected")),

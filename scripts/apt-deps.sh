@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
-# Debian packages the build needs (libclang-dev: the v4l crate's bindgen), plus those named as
-# arguments (the tests', the cross toolchain's); installs only what is missing (apt keeps its
-# downloads in /var/cache/apt, so repeat runs on a machine are quick). An `:arm64` package adds
-# the arm64 architecture first.
+# The Debian packages the project needs, by group, in one place; installs only what is missing,
+# with one `apt-get update` and one `apt-get install` however many groups are named (apt keeps
+# its downloads in /var/cache/apt, so repeat runs on a machine are quick).
+#
+#   scripts/apt-deps.sh                 # build: what `cargo build` needs (libclang-dev: v4l's bindgen)
+#   scripts/apt-deps.sh test            # + the daemon tests' real broker and TLS certificates
+#   scripts/apt-deps.sh cross           # + the arm64 cross toolchain and QEMU user mode
+#   scripts/apt-deps.sh vm              # + QEMU full-system and what builds the VM's initramfs
+#
+# Installs run without recommends: anything a script needs must be named here, not reached
+# through a Recommends: (qemu-system-arm only recommends ipxe-qemu's NIC ROMs; vm-test.sh
+# boots without one). An `:arm64` package adds the arm64 architecture first.
 set -euo pipefail
-want=(libclang-dev "$@")
+want=(libclang-dev)
+for group in "$@"; do
+    case "$group" in
+    test) want+=(mosquitto mosquitto-clients openssl) ;;
+    cross) want+=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
+        libc6-dev-arm64-cross libc6:arm64 qemu-user-static) ;;
+    vm) want+=(qemu-system-arm kmod cpio mosquitto mosquitto-clients) ;;
+    *) echo "apt-deps.sh: unknown group '$group' (want test, cross or vm)" >&2 && exit 2 ;;
+    esac
+done
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 update=0
-for p in "$@"; do
+for p in "${want[@]}"; do
     case "$p" in
     *:arm64)
         if ! dpkg --print-foreign-architectures | grep -qx arm64; then

@@ -18,8 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=aarch64-unknown-linux-gnu
-scripts/apt-deps.sh rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
-    libc6-dev-arm64-cross libc6:arm64 qemu-user-static
+scripts/apt-deps.sh cross
 export RUSTC=/usr/bin/rustc
 CARGO=/usr/bin/cargo
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dermaedge/target}"

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
-scripts/apt-deps.sh qemu-system-arm kmod cpio mosquitto mosquitto-clients
+scripts/apt-deps.sh vm
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dermaedge/target}"
 TARGET=aarch64-unknown-linux-gnu
 CACHE="$HOME/.cache/dermaedge/vm"
@@ -137,10 +137,13 @@ chmod +x "$ROOT/init"
 echo "== vm: initramfs $(du -h "$WORK/initrd.gz" | cut -f1), kernel $KV, package $(basename "$DEB")"
 
 start=$(date +%s)
+# romfile= (empty): no PXE option ROM for the NIC. The kernel is booted directly, so nothing
+# needs one, and the ROM (efi-virtio.rom) lives in ipxe-qemu, which qemu-system-arm only
+# recommends: apt-deps.sh installs without recommends, so a fresh machine has no ROM.
 timeout 540 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 -nographic -no-reboot \
     -kernel "$K/boot/vmlinuz-$KV" -initrd "$WORK/initrd.gz" \
     -append "console=ttyAMA0 panic=-1 quiet" \
-    -netdev user,id=n0 -device virtio-net-pci,netdev=n0 </dev/null | tee "$WORK/console.txt" |
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= </dev/null | tee "$WORK/console.txt" |
     grep --line-buffered -E '^VM|dermaedge|ERROR|WARN|panicked' || true
 echo "== vm: $(($(date +%s) - start)) s from boot to power-off"
 sleep 1

@@ -18,32 +18,35 @@ from .config import Config
 from .data import CLASSES
 from .loader import BatchAugment, LesionDataset, make_loader, model_steps
 from .models import build_model
-from .train import load_samples, mean_std, pick_device, seg_loss
+from .train import (
+    Runtime,
+    load_samples,
+    mean_std,
+    pick_device,
+    seg_loss,
+    train_step,
+    use_autocast,
+)
 
 
 def _step_fn(cfg: Config, device: torch.device):
+    """One training step of train.py (augmentation, forward, backward, optimiser)."""
     m = cfg.model
     model = build_model(
-        cfg.task, m.arch, cfg.data.image_size, m.pretrained, m.dropout, 0, m.width
+        cfg.task, m.arch, cfg.data.image_size, m.pretrained, m.dropout, m.freeze, m.width
     ).to(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     mean, std = mean_std(cfg)
     augment = BatchAugment(cfg, mean, std, device)
-    autocast = device.type == "cuda" and cfg.train.amp
-    criterion = nn.CrossEntropyLoss() if cfg.task == "classification" else seg_loss
+    rt = Runtime(device, memory_format, use_autocast(cfg, device))
+    is_cls = cfg.task == "classification"
+    criterion = nn.CrossEntropyLoss() if is_cls else seg_loss
+    size = cfg.data.image_size
 
     def step(x, y):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        x, y2 = augment(x, None if cfg.task == "classification" else y)
-        x = x.contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(x)
-        loss = criterion(out.float(), y if y2 is None else y2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, x, y, augment, criterion, opt, rt, is_cls, size)
 
     return step
 
@@ -80,7 +83,7 @@ def bench(cfg: Config, steps: int = 30, warmup: int = 5, with_data: bool = True)
         "batch_size": bs,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
-        "amp_bf16": device.type == "cuda" and cfg.train.amp,
+        "amp_bf16": use_autocast(cfg, device),
         "synthetic_img_per_s": _time(step, ((x, y) for _ in range(steps + warmup)), device, warmup),
     }
     if with_data:

@@ -62,10 +62,16 @@ class Data:
     limit: int = 0  # use a seeded random subset of N samples (smoke runs); 0 = all
     val_fraction: float = 0.15
     test_fraction: float = 0.0
+    # A split of its own for the softmax temperature and the melanoma operating point, so the
+    # validation figures are measured on images nothing was fitted on (0: fit on validation).
+    calib_fraction: float = 0.0
     holdout_source: str = ""  # leave-one-source-out: this `source` becomes the test split
     split_file: str = ""  # reuse a saved split.csv instead of making one
     seed: int = 0
     image_size: int = 224
+    # Decode every image once into a uint8 array at image_size (after the border and lesion
+    # crops) kept in this folder, instead of decoding JPEGs every epoch; "" = no cache.
+    cache: str = ""
     crop_border: CropBorder = field(default_factory=CropBorder)
     lesion_crop: LesionCrop = field(default_factory=LesionCrop)
     color_constancy: ColorConstancy = field(default_factory=ColorConstancy)
@@ -95,9 +101,20 @@ class Train:
     workers: int = 4
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on a CPU that has native bf16 (AVX512-BF16, AMX)
     channels_last: bool = True
     tta: bool = True  # flip TTA in validation
     log_every: int = 20
+    # A time budget instead of a number of epochs: the learning-rate schedule and the size
+    # phases follow the fraction of the budget spent; 0 = run `epochs` epochs.
+    max_minutes: float = 0.0
+    # Progressive resizing ("train low, finish high"): train at these sizes, each for its share
+    # of the run (time or steps); the last must be data.image_size. Empty = image_size only.
+    sizes: tuple[float, ...] = ()
+    size_shares: tuple[float, ...] = ()
+    checkpoint_minutes: float = 10.0  # last.pt at least this often, mid-epoch too
+    val_every: int = 1  # validate every N epochs (and at the end)
+    select: str = "best"  # best: best validation epoch; last: the end of the schedule
 
 
 @dataclass
@@ -235,7 +252,37 @@ def validate(cfg: Config) -> None:
         ),
         (d.lesion_crop.margin >= 0, "data.lesion_crop.margin", ">= 0"),
         (d.color_constancy.p >= 1, "data.color_constancy.p", ">= 1"),
+        (0 <= d.calib_fraction < 1, "data.calib_fraction", "in [0, 1)"),
+        (
+            d.val_fraction + d.test_fraction + d.calib_fraction < 1,
+            "data.calib_fraction",
+            "small enough to leave training images (val + test + calib < 1)",
+        ),
         (t.epochs >= 1, "train.epochs", ">= 1"),
+        (t.max_minutes >= 0, "train.max_minutes", ">= 0 (0: run train.epochs)"),
+        (t.checkpoint_minutes > 0, "train.checkpoint_minutes", "> 0"),
+        (t.select in ("best", "last"), "train.select", "best or last"),
+        (t.val_every >= 1, "train.val_every", ">= 1"),
+        (
+            len(t.sizes) == len(t.size_shares),
+            "train.size_shares",
+            "one share per entry of train.sizes",
+        ),
+        (
+            all(s >= 32 and s % 32 == 0 for s in t.sizes),
+            "train.sizes",
+            "multiples of 32",
+        ),
+        (
+            not t.sizes or (t.sizes[-1] == d.image_size and max(t.sizes) == d.image_size),
+            "train.sizes",
+            "ending at data.image_size (the export size), none larger",
+        ),
+        (
+            not t.size_shares or (min(t.size_shares) > 0 and abs(sum(t.size_shares) - 1) < 1e-6),
+            "train.size_shares",
+            "positive and summing to 1",
+        ),
         (t.batch_size >= 1, "train.batch_size", ">= 1"),
         (t.lr > 0, "train.lr", "> 0"),
         (t.device in ("auto", "cpu", "cuda"), "train.device", "auto, cpu or cuda"),

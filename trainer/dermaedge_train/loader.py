@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import preprocess
+from .cache import Cache
 from .config import Config
 from .data import DataError, SegSample, load_mask, load_rgb
 
@@ -74,9 +76,15 @@ def _random_resized_box(h: int, w: int, scale, ratio, rng: random.Random):
 
 
 class LesionDataset(Dataset):
-    """Classification or segmentation samples -> (uint8 3xSxS tensor, target)."""
+    """Classification or segmentation samples -> (uint8 3xSxS tensor, target).
 
-    def __init__(self, samples: list, cfg: Config, steps: list, train: bool):
+    With a `Cache`, images come decoded, cropped and resized from it instead of from their
+    files; what follows (the random-resized crop, colour constancy) is the same either way.
+    """
+
+    def __init__(
+        self, samples: list, cfg: Config, steps: list, train: bool, cache: Cache | None = None
+    ):
         self.samples = samples
         self.cfg = cfg
         self.steps = steps
@@ -84,6 +92,7 @@ class LesionDataset(Dataset):
         self.size = cfg.data.image_size
         self.epoch = 0
         self.masks_dir = lesion_masks_dir(cfg)
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -101,31 +110,35 @@ class LesionDataset(Dataset):
             return load_mask(path, img.shape[:2])
         return None
 
+    def _cropped(self, s) -> tuple[np.ndarray, np.ndarray | None]:
+        """The image (and mask) after the per-image steps up to the resize."""
+        if self.cache is not None:
+            row = self.cache.row[s.image_id]
+            mask = self.cache.masks[row] if self.cache.masks is not None else None
+            return np.asarray(self.cache.images[row]), mask
+        img = load_rgb(s.image)
+        cropped_img, cropped_mask, _ = preprocess.apply_crops(
+            img, self.steps, self._mask_for(s, img)
+        )
+        return cropped_img, cropped_mask
+
     def __getitem__(self, i: int):
         s = self.samples[i]
-        img = load_rgb(s.image)
-        mask = self._mask_for(s, img)
-        if not self.train:
-            out = preprocess.apply_steps(img, self.steps, mask, stop_before="normalize")
-            if isinstance(s, SegSample):
-                # Validation masks at model resolution; `evaluate` scores at full resolution.
-                m = preprocess.apply_crops(img, self.steps, mask)[1]
-                mask_t = torch.from_numpy(preprocess.resize(m * 255, self.size, self.size) > 127)
-                return _chw(out), mask_t.to(torch.uint8)
-            return _chw(out), s.label
-        rng = random.Random(hash((self.cfg.data.seed, self.epoch, i)))
-        # Per-image steps up to the resize, then a random-resized crop instead of the resize.
-        cropped_img, cropped_mask, _ = preprocess.apply_crops(img, self.steps, mask)
-        h, w = cropped_img.shape[:2]
-        a = self.cfg.data.augment
-        t, b, left, r = _random_resized_box(h, w, a.scale, a.ratio, rng)
-        out = preprocess.resize(cropped_img[t:b, left:r], self.size, self.size)
+        img, mask = self._cropped(s)
+        if self.train:
+            # A random-resized crop instead of the plain resize.
+            rng = random.Random(hash((self.cfg.data.seed, self.epoch, i)))
+            a = self.cfg.data.augment
+            t, b, left, r = _random_resized_box(*img.shape[:2], a.scale, a.ratio, rng)
+            img = img[t:b, left:r]
+            mask = mask[t:b, left:r] if mask is not None else None
+        out = preprocess.resize(np.ascontiguousarray(img), self.size, self.size)
         for step in self.steps:
             if step["op"] == "shades_of_gray":
                 out = preprocess.shades_of_gray(out, step["p"])
         if isinstance(s, SegSample):
-            m = cropped_mask[t:b, left:r] * 255
-            m = preprocess.resize(np.ascontiguousarray(m), self.size, self.size) > 127
+            # Masks at model resolution; `evaluate` scores validation at full resolution.
+            m = preprocess.resize(np.ascontiguousarray(mask * 255), self.size, self.size) > 127
             return _chw(out), torch.from_numpy(m).to(torch.uint8)
         return _chw(out), s.label
 
@@ -134,24 +147,38 @@ def _chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
-class WeightedDistributedSampler(Sampler[int]):
-    """Class-balanced sampling with replacement, each rank taking its share of one draw."""
+class EpochSampler(Sampler[int]):
+    """The training order: a seeded shuffle (or class-balanced draws with replacement) per
+    epoch, each rank taking its share, from position `start` on, so that a run resumed from a
+    mid-epoch checkpoint goes on with the very batches it had not yet seen."""
 
-    def __init__(self, weights: torch.Tensor, rank: int, world: int, seed: int):
-        self.weights, self.rank, self.world, self.seed = weights, rank, world, seed
-        self.num = math.ceil(len(weights) / world)
-        self.epoch = 0
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        weights: torch.Tensor | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        self.n, self.seed, self.weights, self.rank, self.world = n, seed, weights, rank, world
+        self.per_rank = math.ceil(n / world)
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        idx = torch.multinomial(self.weights, self.num * self.world, True, generator=g)
-        return iter(idx[self.rank :: self.world].tolist())
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        total = self.per_rank * self.world
+        if self.weights is not None:
+            idx = torch.multinomial(self.weights, total, True, generator=g)
+        else:
+            idx = torch.randperm(self.n, generator=g)
+            idx = torch.cat([idx, idx[: total - self.n]])  # pad so every rank gets as many
+        return iter(idx[self.rank :: self.world][self.start :].tolist())
 
     def __len__(self) -> int:
-        return self.num
+        return self.per_rank - self.start
 
 
 def make_loader(
@@ -163,16 +190,15 @@ def make_loader(
     class_weights: torch.Tensor | None = None,
 ) -> DataLoader:
     sampler = None
-    if train and cfg.data.balance == "sampler" and class_weights is not None:
-        labels = torch.tensor([s.label for s in ds.samples])
-        sampler = WeightedDistributedSampler(class_weights[labels], rank, world, cfg.data.seed)
-    elif world > 1:
-        sampler = DistributedSampler(ds, world, rank, shuffle=train, seed=cfg.data.seed)
+    if train:
+        weights = None
+        if cfg.data.balance == "sampler" and class_weights is not None:
+            weights = class_weights[torch.tensor([s.label for s in ds.samples])]
+        sampler = EpochSampler(len(ds), cfg.data.seed, weights, rank, world)
     workers = cfg.train.workers
     return DataLoader(
         ds,
         batch_size=cfg.train.batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
@@ -180,6 +206,13 @@ def make_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
+
+
+def batches_per_epoch(loader: DataLoader) -> int:
+    """Training batches in a whole epoch (however far a resumed epoch has got)."""
+    n = loader.sampler.per_rank
+    b = loader.batch_size
+    return n // b if loader.drop_last else math.ceil(n / b)
 
 
 class BatchAugment:
@@ -193,8 +226,17 @@ class BatchAugment:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - self.mean) / self.std
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None, size: int = 0):
+        """Augment and normalise a uint8 batch; `size`: resize it first (progressive runs)."""
         x = x.float() / 255.0
+        if size and size != x.shape[-1]:
+            x = nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+            if mask is not None:
+                m = mask[:, None].float()
+                m = nn.functional.interpolate(m, size=(size, size), mode="bilinear")
+                mask = (m[:, 0] > 0.5).to(mask.dtype)
         b = x.shape[0]
         if self.a.dihedral:
             k = torch.randint(0, 8, (b,), device=x.device)

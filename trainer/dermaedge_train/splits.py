@@ -4,6 +4,8 @@ HAM10000 holds several images of one lesion; a split that put them on both sides
 measure memory, not generalization. Splits group by `sample.group` (the lesion id where known)
 and stratify by class with scikit-learn's StratifiedGroupKFold. ``holdout_source`` makes a
 leave-one-source-out test split instead (train on every other source, test on that one).
+``calib_fraction`` sets aside a fourth split, ``calib``, on which the softmax temperature and
+the melanoma operating point are fitted, so that nothing reported on ``val`` was fitted on it.
 
 The split is written as ``split.csv`` (image,split) and can be reused with ``data.split_file``.
 """
@@ -18,7 +20,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .data import DataError
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "calib")
 
 
 def make_split(
@@ -27,8 +29,9 @@ def make_split(
     test_fraction: float = 0.0,
     seed: int = 0,
     holdout_source: str = "",
+    calib_fraction: float = 0.0,
 ) -> dict[str, str]:
-    """Map image id -> 'train' | 'val' | 'test'."""
+    """Map image id -> 'train' | 'val' | 'test' | 'calib'."""
     ids = [s.image_id for s in samples]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -47,8 +50,14 @@ def make_split(
         for i in picked:
             assign[ids[i]] = "test"
         rest = [i for i in rest if assign[ids[i]] == "train"]
-    frac = val_fraction / (1 - (0 if holdout_source else test_fraction))
-    for i in _grouped_fold(samples, rest, frac, seed + 1):
+    # Fractions are of the whole dataset; each fold is cut from what is left.
+    left = 1 - (0 if holdout_source else test_fraction)
+    if calib_fraction > 0:
+        for i in _grouped_fold(samples, rest, calib_fraction / left, seed + 2):
+            assign[ids[i]] = "calib"
+        rest = [i for i in rest if assign[ids[i]] == "train"]
+        left -= calib_fraction
+    for i in _grouped_fold(samples, rest, val_fraction / left, seed + 1):
         assign[ids[i]] = "val"
     return assign
 
@@ -82,7 +91,7 @@ def load_split(path: Path, samples: list) -> dict[str, str]:
     assign = {}
     for i, r in enumerate(rows, start=2):
         if r.get("split") not in SPLITS:
-            raise DataError(f"{path} row {i}: split must be train, val or test")
+            raise DataError(f"{path} row {i}: split must be one of {', '.join(SPLITS)}")
         assign[r["image"]] = r["split"]
     missing = [s.image_id for s in samples if s.image_id not in assign]
     if missing:

@@ -6,8 +6,10 @@ on a GPU or the CPU. A run directory holds:
 - ``config.yaml``: the resolved config (re-run with it to repeat the run);
 - ``split.csv``: which image went to train/val/test;
 - ``metrics.jsonl``: one line of metrics per epoch;
-- ``last.pt`` (resume from here with ``--resume``) and ``best.pt`` (the best validation score,
-  with the calibration temperature fitted on the validation split).
+- ``last.pt`` (resume from here with ``--resume``; written at every epoch's end and at least
+  every ``train.checkpoint_minutes``) and ``best.pt`` (the best validation epoch, or the end of
+  the schedule with ``train.select: last``, with the calibration temperature fitted on the
+  ``calib`` split, or on validation where there is none).
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import metrics
-from .config import Config
+from .cache import load_or_build
+from .config import Config, ConfigError
 from .data import CLASSES, class_counts, load_classification, load_segmentation
-from .loader import BatchAugment, LesionDataset, make_loader, model_steps
+from .loader import (
+    BatchAugment,
+    LesionDataset,
+    batches_per_epoch,
+    lesion_masks_dir,
+    make_loader,
+    model_steps,
+)
 from .models import ARCH_MEAN_STD, build_model
 from .splits import load_split, make_split, save_split, select
 
@@ -43,6 +53,14 @@ class Runtime:
     device: torch.device
     memory_format: torch.memory_format
     autocast: bool
+
+
+def use_autocast(cfg: Config, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA with train.amp; on a CPU only with native bf16 and train.cpu_bf16
+    (emulated bf16 is slower than fp32)."""
+    if device.type == "cuda":
+        return cfg.train.amp
+    return cfg.train.cpu_bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def load_samples(cfg: Config) -> list:
@@ -72,7 +90,9 @@ def split_samples(cfg: Config, samples: list, out_dir: Path | None, rank: int = 
     if d.split_file:
         assign = load_split(Path(d.split_file), samples)
     else:
-        assign = make_split(samples, d.val_fraction, d.test_fraction, d.seed, d.holdout_source)
+        assign = make_split(
+            samples, d.val_fraction, d.test_fraction, d.seed, d.holdout_source, d.calib_fraction
+        )
     if out_dir is not None and rank == 0:
         save_split(assign, out_dir / "split.csv")
     return assign
@@ -116,8 +136,59 @@ def seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return bce + (1 - soft_dice).mean()
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Where a run stands along its budget, and what that sets: the learning rate (linear
+    warm-up, then cosine decay to zero) and the input size (progressive resizing).
+
+    The budget is a number of steps (``train.epochs``) or of seconds (``train.max_minutes``):
+    a time-budgeted run plans for the steps that fit, whatever the machine's speed, and its
+    progress counts only time spent training and validating, carried across resumes.
+    """
+
+    lr: float
+    warmup_steps: int
+    total_steps: int
+    budget_s: float
+    sizes: tuple[int, ...]
+    shares: tuple[float, ...]
+
+    @staticmethod
+    def of(cfg: Config, steps_per_epoch: int) -> Schedule:
+        t = cfg.train
+        sizes = tuple(int(s) for s in t.sizes) or (cfg.data.image_size,)
+        return Schedule(
+            lr=t.lr,
+            warmup_steps=max(1, int(t.warmup_epochs * steps_per_epoch)),
+            total_steps=t.epochs * steps_per_epoch,
+            budget_s=t.max_minutes * 60,
+            sizes=sizes,
+            shares=tuple(t.size_shares) or (1.0,),
+        )
+
+    def progress(self, step: int, elapsed_s: float) -> float:
+        if self.budget_s > 0:
+            return elapsed_s / self.budget_s
+        return step / max(1, self.total_steps)
+
+    def lr_at(self, step: int, progress: float) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps)
+        return self.lr * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def size_at(self, progress: float) -> int:
+        edge = 0.0
+        for size, share in zip(self.sizes, self.shares, strict=True):
+            edge += share
+            if progress < edge:
+                return size
+        return self.sizes[-1]
+
+
 def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
     rank, world, local_rank = setup_distributed()
+    if world > 1 and cfg.train.max_minutes:
+        # Each process would read its own clock and stop at a different step.
+        raise ConfigError("train.max_minutes: time budgets are for one process; use epochs")
     device = pick_device(cfg, local_rank)
     torch.manual_seed(cfg.data.seed + rank)
     out_dir = Path(out_dir)
@@ -139,17 +210,35 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
     samples = load_samples(cfg)
     assign = split_samples(cfg, samples, out_dir, rank)
     train_set, val_set = select(samples, assign, "train"), select(samples, assign, "val")
+    calib_set = select(samples, assign, "calib")
     mean, std = mean_std(cfg)
     steps = model_steps(cfg, mean, std)
+    cache = None
+    if cfg.data.cache:
+        t0 = time.perf_counter()
+        cache = load_or_build(
+            samples,
+            steps,
+            cfg.data.image_size,
+            Path(cfg.data.cache),
+            lesion_masks_dir(cfg),
+            cfg.train.workers,
+        )
+        if rank == 0:
+            print(f"cache: {len(samples)} images ready in {time.perf_counter() - t0:.0f} s")
     is_cls = cfg.task == "classification"
     weights = class_weights(train_set) if is_cls else None
     train_loader = make_loader(
-        LesionDataset(train_set, cfg, steps, True), cfg, True, rank, world, weights
+        LesionDataset(train_set, cfg, steps, True, cache), cfg, True, rank, world, weights
     )
-    val_loader = make_loader(LesionDataset(val_set, cfg, steps, False), cfg, False)
+
+    def eval_loader(subset: list):
+        return make_loader(LesionDataset(subset, cfg, steps, False, cache), cfg, False)
+
+    val_loader = eval_loader(val_set)
     augment = BatchAugment(cfg, mean, std, device)
 
-    # Model, loss, optimiser, schedule (linear warm-up, cosine decay, per step).
+    # Model, loss, optimiser; the schedule sets the learning rate and the size at every step.
     m = cfg.model
     model = build_model(
         cfg.task, m.arch, cfg.data.image_size, m.pretrained, m.dropout, m.freeze, m.width
@@ -170,132 +259,172 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
         criterion = seg_loss
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    total = cfg.train.epochs * len(train_loader)
-    warmup = max(1, int(cfg.train.warmup_epochs * len(train_loader)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
-        ),
-    )
-    rt = Runtime(device, memory_format, device.type == "cuda" and cfg.train.amp)
+    per_epoch = batches_per_epoch(train_loader)
+    schedule = Schedule.of(cfg, per_epoch)
+    rt = Runtime(device, memory_format, use_autocast(cfg, device))
 
-    start_epoch, best = 0, -1.0
+    # Where the run stands; last.pt holds it (and is written mid-epoch too), so `--resume`
+    # loses at most train.checkpoint_minutes of work.
+    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0, "best": -1.0}
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last_path.exists():
         ckpt = torch.load(last_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
+        state = ckpt["state"]
+        torch.set_rng_state(ckpt["rng"])
         if rank == 0:
-            print(f"resuming {last_path} at epoch {start_epoch + 1}")
+            print(
+                f"resuming {last_path}: epoch {state['epoch'] + 1}, batch {state['batch']}, "
+                f"{state['elapsed_s'] / 60:.1f} min of the run done"
+            )
 
-    for epoch in range(start_epoch, cfg.train.epochs):
-        for ds_or_sampler in (train_loader.sampler, train_loader.dataset):
-            if hasattr(ds_or_sampler, "set_epoch"):
-                ds_or_sampler.set_epoch(epoch)
-        stats = train_one_epoch(
-            net,
-            train_loader,
-            augment,
-            criterion,
-            optimizer,
-            scheduler,
-            rt,
-            epoch,
-            cfg,
-            rank,
-        )
+    def checkpoint(val: dict | None) -> dict:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": dict(state),
+            "rng": torch.get_rng_state(),
+            "config": cfg.to_dict(),
+            "mean": mean,
+            "std": std,
+            "steps": steps,
+            "val": val,
+        }
+
+    def save_last(val: dict | None = None) -> None:
         if rank == 0:
-            logits, targets = predict(model, val_loader, augment, rt, is_cls, cfg.train.tta)
-            val = summarize(logits, targets, is_cls)
-            score = val["balanced_accuracy"] if is_cls else val["thresholded_jaccard"]
-            row = {"epoch": epoch + 1, **stats, "val": val}
+            _atomic_save(checkpoint(val), last_path)
+
+    clock = {"since": time.perf_counter(), "saved": time.perf_counter()}
+
+    def elapsed() -> float:
+        return state["elapsed_s"] + time.perf_counter() - clock["since"]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        state["elapsed_s"] += now - clock["since"]
+        clock["since"] = now
+
+    done = schedule.progress(state["step"], elapsed()) >= 1
+    while not done:
+        epoch = state["epoch"]
+        train_loader.sampler.set_epoch(epoch, state["batch"] * cfg.train.batch_size)
+        train_loader.dataset.set_epoch(epoch)
+        net.train()
+        seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
+        for x, y in _bar(train_loader, epoch, rank):
+            progress = schedule.progress(state["step"], elapsed())
+            if progress >= 1:
+                done = True
+                break
+            lr = schedule.lr_at(state["step"], progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            size = schedule.size_at(progress)
+            loss = train_step(net, x, y, augment, criterion, optimizer, rt, is_cls, size)
+            seen += x.shape[0]
+            loss_sum += loss * x.shape[0]
+            state["step"] += 1
+            state["batch"] += 1
+            if time.perf_counter() - clock["saved"] > cfg.train.checkpoint_minutes * 60:
+                tick()
+                save_last()
+                clock["saved"] = time.perf_counter()
+        else:
+            state["epoch"], state["batch"] = epoch + 1, 0
+        seconds = time.perf_counter() - t0
+        world_seen = seen * world
+        if world > 1:
+            dist.barrier()
+        if rank == 0:
+            tick()
+            progress = schedule.progress(state["step"], state["elapsed_s"])
+            done = done or progress >= 1
+            val = None
+            if done or state["epoch"] % cfg.train.val_every == 0:
+                logits, targets = predict(model, val_loader, augment, rt, is_cls, cfg.train.tta)
+                val = summarize(logits, targets, is_cls)
+                tick()
+            row = {
+                "epoch": epoch + 1,
+                "step": state["step"],
+                "size": schedule.size_at(min(progress, 1.0)),
+                "loss": loss_sum / max(seen, 1),
+                "img_per_s": world_seen / max(seconds, 1e-9),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+                "elapsed_min": state["elapsed_s"] / 60,
+                "val": val,
+            }
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics.json_safe(row)) + "\n")
             print(
-                f"epoch {epoch + 1}/{cfg.train.epochs} loss {stats['loss']:.4f} "
-                f"{stats['img_per_s']:.0f} img/s val {_headline(val)}"
+                f"epoch {epoch + 1} step {state['step']} ({min(progress, 1):.0%} of the run, "
+                f"{row['size']} px) loss {row['loss']:.4f} {row['img_per_s']:.0f} img/s"
+                + (f" val {_headline(val)}" if val else "")
             )
-            ckpt = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "best": max(best, score),
-                "config": cfg.to_dict(),
-                "mean": mean,
-                "std": std,
-                "steps": steps,
-                "val": val,
-            }
-            torch.save(ckpt, last_path)
-            if score > best:
-                best = score
-                torch.save(ckpt, best_path)
+            better = False
+            if val is not None:
+                score = val["balanced_accuracy"] if is_cls else val["thresholded_jaccard"]
+                better = score > state["best"]
+                state["best"] = max(state["best"], score)
+            ckpt = checkpoint(val)
+            _atomic_save(ckpt, last_path)
+            clock["saved"] = time.perf_counter()
+            if (cfg.train.select == "best" and better) or (cfg.train.select == "last" and done):
+                _atomic_save(ckpt, best_path)
         if world > 1:
-            dist.barrier()
+            flag = torch.tensor([float(done)], device=device)
+            dist.broadcast(flag, 0)
+            done = bool(flag.item())
 
     if rank == 0:
+        if not best_path.exists():  # resumed after the schedule had ended
+            _atomic_save(checkpoint(None), best_path)
         calibrate(
             best_path,
             model,
-            val_loader,
+            eval_loader(calib_set or val_set),
             augment,
             rt,
             is_cls,
             cfg.train.tta,
+            "calib" if calib_set else "val",
         )
     if world > 1:
         dist.destroy_process_group()
     return best_path
 
 
-def train_one_epoch(
-    net,
-    loader,
-    augment,
-    criterion,
-    optimizer,
-    scheduler,
-    rt: Runtime,
-    epoch,
-    cfg,
-    rank,
-) -> dict:
-    net.train()
-    seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
+def _atomic_save(obj: dict, path: Path) -> None:
+    """A checkpoint is written whole or not at all: a kill mid-write keeps the previous one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _bar(loader, epoch: int, rank: int):
     # A live bar on a terminal only: logs get the one summary line per epoch.
     show = rank == 0 and sys.stderr.isatty()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not show, leave=False, mininterval=2.0)
-    for x, y in bar:
-        x = x.to(rt.device, non_blocking=True)
-        y = y.to(rt.device, non_blocking=True)
-        if cfg.task == "classification":
-            x, _ = augment(x)
-        else:
-            x, y = augment(x, y)
-        x = x.contiguous(memory_format=rt.memory_format)
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.autocast):
-            out = net(x)
-        loss = criterion(out.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        seen += x.shape[0]
-        loss_sum += loss.item() * x.shape[0]
-        rate = seen / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{rate:.0f}")
-    elapsed = time.perf_counter() - t0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    return {
-        "loss": loss_sum / max(seen, 1),
-        "img_per_s": seen * world / elapsed,
-        "lr": scheduler.get_last_lr()[0],
-        "seconds": elapsed,
-    }
+    return tqdm(loader, desc=f"epoch {epoch + 1}", disable=not show, leave=False, mininterval=2.0)
+
+
+def train_step(net, x, y, augment, criterion, optimizer, rt: Runtime, is_cls, size) -> float:
+    x = x.to(rt.device, non_blocking=True)
+    y = y.to(rt.device, non_blocking=True)
+    if is_cls:
+        x, _ = augment(x, size=size)
+    else:
+        x, y = augment(x, y, size=size)
+    x = x.contiguous(memory_format=rt.memory_format)
+    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.autocast):
+        out = net(x)
+    loss = criterion(out.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 @torch.no_grad()
@@ -330,13 +459,14 @@ def _headline(val: dict) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
 
 
-def calibrate(best_path, model, val_loader, augment, rt: Runtime, is_cls, tta):
-    """Fit the softmax temperature of the best checkpoint on the validation split."""
+def calibrate(best_path, model, calib_loader, augment, rt: Runtime, is_cls, tta, split: str):
+    """Fit the softmax temperature of the best checkpoint on `split` (calib, or val)."""
     ckpt = torch.load(best_path, map_location=rt.device, weights_only=False)
     ckpt["temperature"] = 1.0
+    ckpt["temperature_split"] = split
     if is_cls:
         model.load_state_dict(ckpt["model"])
-        logits, targets = predict(model, val_loader, augment, rt, True, tta)
+        logits, targets = predict(model, calib_loader, augment, rt, True, tta)
         t = metrics.fit_temperature(logits, targets)
         ckpt["temperature"] = t
         ckpt["val_calibrated"] = {

@@ -153,7 +153,10 @@ def evaluate_classification(
     tta: bool = True,
     masks_dir: Path | None = None,
     workers: int = 2,
+    mel_threshold: float | None = None,
 ) -> dict:
+    """Metrics on `samples`; with `mel_threshold` (chosen elsewhere), the melanoma
+    sensitivity and specificity are those at that threshold, not at the best one here."""
     out_dir.mkdir(parents=True, exist_ok=True)
     logits = classify(fn, samples, steps, tta, masks_dir, workers)
     probs = metrics.softmax(logits, temperature)
@@ -162,6 +165,15 @@ def evaluate_classification(
     write_predictions(out_dir / "predictions.csv", ids, probs)
     write_truth(out_dir / "truth.csv", ids, y)
     rep = report_classification(y, probs, out_dir)
+    if mel_threshold is not None and np.isfinite(mel_threshold):
+        pos = y == metrics.MEL
+        sens, spec = metrics.rates_at_threshold(pos, probs[:, metrics.MEL], mel_threshold)
+        rep["melanoma"].update(
+            threshold=float(mel_threshold),
+            sensitivity=sens,
+            specificity=spec,
+            threshold_chosen_on="calib",
+        )
     rep["temperature"] = temperature
     (out_dir / "metrics.json").write_text(json.dumps(metrics.json_safe(rep), indent=2))
     return rep

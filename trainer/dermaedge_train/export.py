@@ -222,6 +222,7 @@ def export(
     assign = split_samples(cfg, samples, None)
     held_out = select(samples, assign, eval_split)
     train_set = select(samples, assign, "train")
+    calib_set = select(samples, assign, "calib")
     if not held_out:
         raise ExportError(f"the {eval_split} split is empty: nothing to check the export on")
     masks_dir = lesion_masks_dir(cfg)
@@ -278,8 +279,29 @@ def export(
         eval_dir = run_dir / "export-eval" / path.stem  # figures stay with the run
         temperature = float(ckpt.get("temperature", 1.0))
         if is_cls:
+            # The melanoma operating point comes from the calib split where the run has one,
+            # so the figures at it are measured on images it was not chosen on.
+            mel_threshold = None
+            if calib_set:
+                crep = evaluate_classification(
+                    fn,
+                    calib_set,
+                    steps,
+                    temperature,
+                    eval_dir / "calib",
+                    tta=cfg.train.tta,
+                    masks_dir=masks_dir,
+                )
+                mel_threshold = crep["melanoma"]["threshold"]
             rep = evaluate_classification(
-                fn, held_out, steps, temperature, eval_dir, tta=cfg.train.tta, masks_dir=masks_dir
+                fn,
+                held_out,
+                steps,
+                temperature,
+                eval_dir,
+                tta=cfg.train.tta,
+                masks_dir=masks_dir,
+                mel_threshold=mel_threshold,
             )
             summary = {
                 k: rep[k]
@@ -358,9 +380,10 @@ def _manifest(cfg, ckpt, name, version, precision, path, steps, summary, rep, tr
     }
     if is_cls:
         m["classes"] = list(CLASSES)
+        split = ckpt.get("temperature_split", "val")
         m["calibration"] = {
             "temperature": float(ckpt.get("temperature", 1.0)),
-            "fitted_on": "validation split, NLL",
+            "fitted_on": f"{'calibration' if split == 'calib' else 'validation'} split, NLL",
         }
         m["tta"] = {"horizontal_flip": bool(cfg.train.tta)}
         mel = rep["melanoma"]

@@ -76,6 +76,16 @@ def sensitivity_at_specificity(
     return float(tpr[best]), float(1 - fpr[best]), threshold
 
 
+def rates_at_threshold(
+    positive: np.ndarray, score: np.ndarray, threshold: float
+) -> tuple[float, float]:
+    """(sensitivity, specificity) of 'score >= threshold means positive'."""
+    pred = score >= threshold
+    sens = float(pred[positive].mean()) if positive.any() else float("nan")
+    spec = float((~pred[~positive]).mean()) if (~positive).any() else float("nan")
+    return sens, spec
+
+
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == y_true

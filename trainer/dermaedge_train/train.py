@@ -6,6 +6,7 @@ on a GPU or the CPU. A run directory holds:
 - ``config.yaml``: the resolved config (re-run with it to repeat the run);
 - ``split.csv``: which image went to train/val/test;
 - ``metrics.jsonl``: one line of metrics per epoch;
+- ``finished.json``: written when the schedule has run to its end (steps, epochs, minutes);
 - ``last.pt`` (resume from here with ``--resume``; written at every epoch's end and at least
   every ``train.checkpoint_minutes``) and ``best.pt`` (the best validation epoch, or the end of
   the schedule with ``train.select: last``, with the calibration temperature fitted on the
@@ -392,6 +393,9 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
             cfg.train.tta,
             "calib" if calib_set else "val",
         )
+        # The mark that the schedule ran to its end (scripts/train-models.sh skips such runs).
+        summary = {"steps": state["step"], "epochs": state["epoch"], "minutes": elapsed() / 60}
+        (out_dir / "finished.json").write_text(json.dumps(summary) + "\n")
     if world > 1:
         dist.destroy_process_group()
     return best_path

@@ -128,6 +128,7 @@ def _train_cmd(root: Path, out: Path, cache: Path, resume: bool) -> list[str]:
         "data.image_size=64",
         "data.val_fraction=0.25",
         "data.calib_fraction=0.25",
+        "data.seed=14",  # a split with melanomas in both calib and val (checked below)
         "train.max_minutes=0.4",
         "train.checkpoint_minutes=0.02",
         "train.sizes=[32, 64]",
@@ -171,6 +172,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(simple_root, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (out / "best.pt").exists()  # killed before the schedule's end
+    assert not (out / "finished.json").exists()
     killed = torch.load(last, weights_only=False)["state"]
     assert 0 < killed["elapsed_s"] < 24
 
@@ -183,6 +185,37 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(simple_root, tmp_path):
     assert final["state"]["step"] > killed["step"]
     assert final["state"]["elapsed_s"] >= 24  # the budget was spent, counting both processes
     assert final["temperature_split"] == "calib"
+    assert json.loads((out / "finished.json").read_text())["steps"] == final["state"]["step"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["size"] for r in rows} <= {32, 64} and rows[-1]["size"] == 64
     assert rows[-1]["val"] is not None
+
+    # Its export takes the temperature and the melanoma operating point from the calib split.
+    split = dict(line.split(",") for line in (out / "split.csv").read_text().split()[1:])
+    mel_in = {v for k, v in split.items() if int(k.removeprefix("ISIC_")) // 10 == 0}
+    assert {"calib", "val"} <= mel_in
+    models = tmp_path / "models"
+    from dermaedge_train.cli import main
+
+    assert (
+        main(
+            [
+                "export",
+                str(out / "best.pt"),
+                "--out",
+                str(models),
+                "--name",
+                "classifier",
+                "--version",
+                "0.0.1-test",
+                "--no-int8",
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((models / "classifier-f32.json").read_text())
+    assert manifest["calibration"]["fitted_on"] == "calibration split, NLL"
+    assert manifest["metrics"]["melanoma"]["threshold_chosen_on"] == "calib"
+    assert manifest["decision"]["melanoma_threshold"] == pytest.approx(
+        manifest["metrics"]["melanoma"]["threshold"]
+    )

@@ -11,7 +11,10 @@
 # Installs run without recommends: anything a script needs must be named here, not reached
 # through a Recommends: (qemu-system-arm only recommends ipxe-qemu's NIC ROMs; vm-test.sh
 # boots without one). An `:arm64` package adds the arm64 architecture first.
+#   scripts/apt-deps.sh --list GROUP... # print the packages instead (scripts/test-fresh.sh)
 set -euo pipefail
+list=0
+[ "${1:-}" = --list ] && list=1 && shift
 want=(libclang-dev)
 for group in "$@"; do
     case "$group" in
@@ -22,6 +25,10 @@ for group in "$@"; do
     *) echo "apt-deps.sh: unknown group '$group' (want test, cross or vm)" >&2 && exit 2 ;;
     esac
 done
+if [ $list -eq 1 ]; then
+    printf '%s\n' "${want[@]}" | sort -u
+    exit 0
+fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 update=0

@@ -9,14 +9,15 @@
 #
 #   scripts/vm-test.sh        # packages the aarch64 binary (scripts/cross.sh package: builds it if missing)
 #
-# Downloads (kernel and busybox packages) are cached in ~/.cache/dermaedge/vm.
+# Downloads (kernel and busybox packages) are cached in ~/.cache/dermaedge/vm
+# (DERMAEDGE_VM_CACHE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
 scripts/apt-deps.sh vm
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dermaedge/target}"
 TARGET=aarch64-unknown-linux-gnu
-CACHE="$HOME/.cache/dermaedge/vm"
+CACHE="${DERMAEDGE_VM_CACHE:-$HOME/.cache/dermaedge/vm}"
 mkdir -p "$CACHE"
 
 # The package under test.

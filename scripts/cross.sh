@@ -32,13 +32,20 @@ build() {
     ls -l "$OUT/$PROFILE/dermaedge"
 }
 
+install_cargo_deb() {
+    # cargo-deb from crates.io (Debian has no package), built once into ~/.cargo/bin, in a
+    # build folder of its own so that it does not wait for the project's build lock.
+    command -v cargo-deb >/dev/null && return
+    echo "== installing cargo-deb"
+    local tmp
+    tmp="$(mktemp -d)"
+    CARGO_TARGET_DIR="$tmp" cargo install -q --locked cargo-deb --version 3.8.0
+    rm -rf "$tmp"
+}
+
 package() {
     [ -x "$OUT/$PROFILE/dermaedge" ] || build
-    # cargo-deb from crates.io, built once into ~/.cargo/bin.
-    if ! command -v cargo-deb >/dev/null; then
-        echo "== installing cargo-deb"
-        cargo install --locked cargo-deb --version 3.8.0
-    fi
+    install_cargo_deb
     echo "== aarch64: cargo deb"
     $CARGO deb --no-build --no-strip --profile "$PROFILE" --target $TARGET
 }
@@ -77,7 +84,17 @@ build) build ;;
 deb) build && package ;;
 package) package ;;
 test) tests ;;
-ci) tests && package ;;
+ci)
+    # cargo-deb compiles while the tests run under QEMU (much of their time is spent waiting
+    # on daemons and brokers); its log is shown if it fails.
+    deb_log="$(mktemp)"
+    install_cargo_deb >"$deb_log" 2>&1 &
+    deb_pid=$!
+    tests
+    wait "$deb_pid" || { cat "$deb_log" >&2; echo "cross.sh: installing cargo-deb failed" >&2; exit 1; }
+    rm -f "$deb_log"
+    package
+    ;;
 all) build && package && tests ;;
 *) echo "usage: scripts/cross.sh [build|deb|package|test|ci]" >&2 && exit 2 ;;
 esac

@@ -11,7 +11,8 @@
 #   packages only they pulled in, and apt's download cache is emptied; so is ipxe-qemu, whose
 #   ROMs the VM test must not need. Packages a new machine already has (openssl) stay. If a
 #   purge would take anything else with it, the script stops and names it.
-# - CARGO_HOME (crates), CARGO_TARGET_DIR (builds), the Python environment, pip's cache and
+# - cargo-deb (cross.sh installs it into ~/.cargo/bin) is uninstalled; CARGO_HOME (crates),
+#   CARGO_TARGET_DIR (builds), the Python environment, pip's cache and
 #   the VM test's downloads point at empty folders under one temporary directory.
 # - the checkout is a new clone of HEAD with ../shared beside it, run with CI=true, as CI does.
 set -euo pipefail
@@ -49,6 +50,10 @@ if [ $keep_apt -eq 0 ]; then
     apt-get clean
 fi
 
+# The cargo-deb that cross.sh installed into ~/.cargo/bin (a new machine has none).
+if command -v cargo-deb >/dev/null; then
+    cargo uninstall -q cargo-deb 2>/dev/null || rm -f "$(command -v cargo-deb)"
+fi
 FRESH="$(mktemp -d /tmp/dermaedge-fresh.XXXXXX)"
 export CARGO_HOME="$FRESH/cargo" CARGO_TARGET_DIR="$FRESH/target"
 export DERMAEDGE_VENV="$FRESH/venv" PIP_CACHE_DIR="$FRESH/pip"

@@ -43,7 +43,10 @@ if [ $keep_apt -eq 0 ]; then
             exit 2
         fi
         echo "== purging ${purge[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "${purge[@]}" >/dev/null
+        # The arm64 copies of essential packages (zlib1g:arm64, ...) count as essential to apt;
+        # the check above made sure that nothing but these packages goes.
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --allow-remove-essential \
+            "${purge[@]}" >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y -q >/dev/null
     fi
     dpkg --remove-architecture arm64 2>/dev/null || true

@@ -5,7 +5,7 @@
 #   scripts/train-models.sh                   # cpu-small configs -> runs/demo/models (~2 min, 2 cores)
 #   PROFILE=cpu VERSION=1.0.0 MODELS=models scripts/train-models.sh
 #                                             # the shipped models: the 2-core CPU recipe,
-#                                             # ~140 min per model, runs in ~/.cache/dermaedge/runs/cpu
+#                                             # classifier 140 min, segmenter 25 min, runs in ~/.cache/dermaedge/runs/cpu
 #   PROFILE=dev OUT=runs/dev VERSION=0.1.0-dev MODELS=models scripts/train-models.sh
 #                                             # the development models (0.1.0-dev)
 #

@@ -123,8 +123,20 @@ def device_eval(
         rep = score_csv(out / "predictions.csv", truth, out)
         report |= {k: rep[k] for k in SUMMARY}  # per class and the rest: metrics.json
         report["official_balanced_accuracy"] = official_score(out)
+        report["melanoma_flag"] = flag_rates(classified, status)
     (out / "device_eval.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def flag_rates(classified: list, status: dict) -> dict:
+    """Sensitivity and specificity of the melanoma flag the device raised, i.e. at the
+    manifest's threshold (chosen on the calibration split), not at one fitted to these images."""
+    cls = [status[s.image.name]["classification"] for s in classified]
+    flag = np.array([c["melanoma_flag"] for c in cls])
+    sens, spec = metrics.rates_at_threshold(
+        np.array([s.label == metrics.MEL for s in classified]), flag.astype(float), 0.5
+    )
+    return {"threshold": cls[0]["melanoma_threshold"], "sensitivity": sens, "specificity": spec}
 
 
 def device_eval_segmentation(

@@ -63,6 +63,20 @@ def test_scores_what_the_binary_classified_and_reports_coverage(samples_root, tm
     for t in truth:
         assert t[labels[t["image"]]] == "1.0"
     assert 0 <= rep["balanced_accuracy"] <= 1
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    flag = {
+        r["image"].removesuffix(".jpg"): r["classification"]["melanoma_flag"]
+        for r in results
+        if r["status"] == "ok"
+    }
+    manifest = json.loads((REPO / "models" / "classifier-f32.json").read_text())
+    assert rep["melanoma_flag"]["threshold"] == pytest.approx(
+        manifest["decision"]["melanoma_threshold"], rel=1e-6
+    )
+    mel = [t["image"] for t in truth if labels[t["image"]] == "MEL"]
+    if mel:
+        hits = sum(flag[m] for m in mel)
+        assert rep["melanoma_flag"]["sensitivity"] == pytest.approx(hits / len(mel))
     assert {m["precision"] for m in rep["models"]} == {"float32"}
     assert json.loads((out / "device_eval.json").read_text())["coverage"] == rep["coverage"]
 

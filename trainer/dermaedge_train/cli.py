@@ -118,6 +118,36 @@ def cmd_device_eval(args) -> None:
     print(json.dumps({k: rep[k] for k in keys if k in rep}, indent=2, default=float))
 
 
+def cmd_ood_set(args) -> None:
+    from .oodset import build_ood_set
+
+    rows = build_ood_set(Path(args.out), args.per_kind, [Path(p) for p in args.photos], args.seed)
+    kinds = sorted({r["kind"] for r in rows})
+    print(f"{len(rows)} frames ({', '.join(kinds)}) in {args.out}/images, kinds in kinds.csv")
+
+
+def cmd_ood_eval(args) -> None:
+    from .oodset import ood_eval
+
+    rep = ood_eval(
+        Path(args.binary),
+        Path(args.models),
+        Path(args.ood),
+        Path(args.out),
+        args.part,
+        args.precision,
+    )
+    print(
+        f"{rep['frames']} frames ({rep['part']}): {rep['classified']} classified, "
+        f"melanoma flag on {rep['melanoma_flag']}"
+    )
+    for kind, k in rep["kinds"].items():
+        print(
+            f"  {kind:14s} refused {k['refused_fraction']:6.1%} of {k['frames']:4d}, "
+            f"melanoma flag {k['melanoma_flag']}"
+        )
+
+
 def cmd_predict_masks(args) -> None:
     import numpy as np
     from PIL import Image
@@ -252,6 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--source", default="", help="only images of this source (leave-one-out)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_device_eval)
+
+    sp = sub.add_parser("ood-set", help="build a set of frames that are not dermoscopy")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--per-kind", type=int, default=20, help="synthetic frames per kind")
+    sp.add_argument("--photos", nargs="*", default=[], help="folders of ordinary photos")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=cmd_ood_set)
+
+    sp = sub.add_parser("ood-eval", help="what the device says about an ood-set, per kind")
+    sp.add_argument("--binary", default="target/release/dermaedge", help="dermaedge binary")
+    sp.add_argument("--models", default="models", help="folder with the .onnx and manifests")
+    sp.add_argument("--precision", default="float32", choices=["float32", "int8"])
+    sp.add_argument("--ood", required=True, help="a folder ood-set wrote")
+    sp.add_argument("--part", default="test", choices=["fit", "test", ""])
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(fn=cmd_ood_eval)
 
     sp = sub.add_parser("predict-masks", help="segment a classification dataset's images")
     sp.add_argument("checkpoint", help="a segmenter run's best.pt")

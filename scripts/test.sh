@@ -42,7 +42,8 @@ failed=$(grep -o '[0-9]* failed' "$log" | awk '{s += $1} END {print s + 0}')
 rm -f "$log"
 echo "cargo: $passed passed, $failed failed"
 phase "trainer + device: device-eval scores the models through the binary just built"
-DERMAEDGE_BIN="$CARGO_TARGET_DIR/release/dermaedge" python -m pytest trainer/tests/test_device_eval.py
+DERMAEDGE_BIN="$CARGO_TARGET_DIR/release/dermaedge" python -m pytest trainer/tests/test_device_eval.py \
+    trainer/tests/test_oodset.py
 
 phase "device, aarch64: the test suite under qemu-aarch64 (Cortex-A72), then the .deb"
 scripts/cross.sh ci

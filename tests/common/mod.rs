@@ -3,8 +3,13 @@
 
 use std::path::PathBuf;
 
+/// The checkout under test. Read at run time first (cargo sets it for the test process): cargo
+/// does not rebuild a test binary when only the checkout's path changes, so the compile-time
+/// value can name another clone of the same sources, or one that is gone.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn samples() -> PathBuf {

@@ -75,26 +75,24 @@ def energy(L):
     return -np.log(np.exp(L - L.max(1, keepdims=True)).sum(1)) - L.max(1)
 
 
+def report(name, cal_scores, val_scores, ood_scores):
+    """Threshold at the calibration split's 98th percentile; false refusals on validation,
+    refusals per kind on the OOD fit part."""
+    thr = np.quantile(cal_scores, 0.98)
+    kinds = {}
+    for r, s in zip(ood, ood_scores):
+        kinds.setdefault(r["kind"], []).append(s > thr)
+    print(
+        f"{name}: val falsely refused {(val_scores > thr).mean():.1%}; OOD fit refused "
+        + ", ".join(f"{kk} {np.mean(v):.0%}" for kk, v in kinds.items())
+    )
+
+
 for k in (16, 32, 64, 128):
     P = V[:, :k] / np.sqrt(w[:k])
 
     def d(F, P=P):
         return (((F - mu) @ P) ** 2).sum(1)
 
-    thr = np.quantile(d(Fcal), 0.98)
-    fr = (d(Fval) > thr).mean()
-    kinds = {}
-    for r, s in zip(ood, d(Food)):
-        kinds.setdefault(r["kind"], []).append(s > thr)
-    print(
-        f"k={k}: val falsely refused {fr:.1%}; OOD fit refused "
-        + ", ".join(f"{kk} {np.mean(v):.0%}" for kk, v in kinds.items())
-    )
-thr = np.quantile(energy(Lcal), 0.98)
-kinds = {}
-for r, s in zip(ood, energy(Lood)):
-    kinds.setdefault(r["kind"], []).append(s > thr)
-print(
-    f"energy: val falsely refused {(energy(Lval) > thr).mean():.1%}; "
-    + ", ".join(f"{kk} {np.mean(v):.0%}" for kk, v in kinds.items())
-)
+    report(f"k={k}", d(Fcal), d(Fval), d(Food))
+report("energy", energy(Lcal), energy(Lval), energy(Lood))

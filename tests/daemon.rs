@@ -279,11 +279,12 @@ impl Site {
 
     /// Copy the sample images into the inbox `copies` times, under new names.
     fn add_samples(&self, copies: usize, tag: &str) -> usize {
+        let samples = sample_images();
         let mut n = 0;
         for c in 0..copies {
-            for p in sample_images() {
+            for p in &samples {
                 let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
-                fs::copy(&p, self.inbox().join(format!("{stem}-{tag}{c}.jpg"))).unwrap();
+                fs::copy(p, self.inbox().join(format!("{stem}-{tag}{c}.jpg"))).unwrap();
                 n += 1;
             }
         }
@@ -654,11 +655,11 @@ fn sigkill_soak_loses_nothing() {
     let mut files = 0;
     let mut results_before = 0;
     let mut seed: u64 = 0x5eed;
+    let samples = sample_images();
+    let every = samples.len().min(4);
     for i in 0..kills {
         if i % 4 == 0 {
             // New files now and then keep the worker busy at kill time.
-            let samples = sample_images();
-            let every = samples.len().min(4);
             for (k, p) in samples.iter().enumerate() {
                 if k % every == (i / 4) % every {
                     fs::copy(p, site.inbox().join(format!("k{i}-{k}.jpg"))).unwrap();

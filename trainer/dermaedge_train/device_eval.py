@@ -40,8 +40,9 @@ def pick_samples(samples: list, split_file: Path | None, which: str, source: str
 def run_device(
     binary: Path, models: Path, precision: str, images: list[Path], out: Path, masks: bool = False
 ) -> list:
-    """Run ``dermaedge analyze --json --csv`` on the images; the JSON results, one per image.
-    With ``masks``, the lesion masks the device found go to ``out/masks/<id>.mask.png``."""
+    """Run ``dermaedge analyze --json --csv`` on the images; the JSON results, one per image,
+    also kept in ``out/results.jsonl`` (what the device said about each image). With ``masks``,
+    the lesion masks the device found go to ``out/masks/<id>.mask.png``."""
     out.mkdir(parents=True, exist_ok=True)
     results = []
     # Batches keep each command line well under ARG_MAX.
@@ -80,6 +81,8 @@ def run_device(
         lines += rows if i == 0 else rows[1:]
         p.unlink()
     (out / "predictions.csv").write_text("\n".join(lines) + "\n")
+    with open(out / "results.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in results)
     return results
 
 
@@ -96,8 +99,6 @@ def device_eval(
     samples = load_classification(data_root, require_all_classes=False)
     samples = pick_samples(samples, split_file, which, source)
     results = run_device(binary, models, precision, [s.image for s in samples], out)
-    with open(out / "results.jsonl", "w") as f:  # what the device said about each image
-        f.writelines(json.dumps(r) + "\n" for r in results)
     status = {r["image"]: r for r in results}
     reasons = collections.Counter(
         reason for r in results if r["status"] != "ok" for reason in r["recapture_reasons"]
@@ -109,6 +110,8 @@ def device_eval(
         "classified": len(classified),
         "coverage": len(classified) / len(samples),
         "recapture_reasons": dict(reasons),
+        "refused_by_source": refused_by(samples, status, lambda s: s.source),
+        "refused_by_class": refused_by(samples, status, lambda s: metrics.CLASSES[s.label]),
         "models": results[0]["models"] if results else [],
         "precision": precision,
         "split": {
@@ -126,6 +129,16 @@ def device_eval(
         report["melanoma_flag"] = flag_rates(classified, status)
     (out / "device_eval.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def refused_by(samples: list, status: dict, key) -> dict:
+    """{group: [refused, images]}: where the quality gate's refusals fall (by source, class)."""
+    counts: dict = {}
+    for s in samples:
+        c = counts.setdefault(key(s) or "unknown", [0, 0])
+        c[0] += status.get(s.image.name, {}).get("status") != "ok"
+        c[1] += 1
+    return dict(sorted(counts.items()))
 
 
 def flag_rates(classified: list, status: dict) -> dict:

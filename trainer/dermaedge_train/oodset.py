@@ -190,14 +190,14 @@ def load_ood_set(root: Path, part: str = "") -> list[dict]:
 def ood_eval(
     binary: Path, models: Path, root: Path, out: Path, part: str = "test", precision="float32"
 ) -> dict:
-    """Per kind: frames, refused (any recapture reason), classified, melanoma flag raised."""
+    """Per kind: frames, unreadable (no result), refused (any recapture reason), classified,
+    melanoma flag raised; ``refused_fraction`` counts unreadable frames as refused, since
+    neither gets a classification."""
     rows = load_ood_set(root, part)
     results = run_device(
         binary, models, precision, [root / "images" / r["image"] for r in rows], out
     )
     by_name = {r["image"]: r for r in results}
-    with open(out / "results.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in results)
     per_kind: dict[str, dict] = {}
     for kind in sorted({r["kind"] for r in rows}):
         mine = [by_name.get(r["image"]) for r in rows if r["kind"] == kind]

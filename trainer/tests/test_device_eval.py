@@ -78,6 +78,13 @@ def test_scores_what_the_binary_classified_and_reports_coverage(samples_root, tm
         hits = sum(flag[m] for m in mel)
         assert rep["melanoma_flag"]["sensitivity"] == pytest.approx(hits / len(mel))
     assert {m["precision"] for m in rep["models"]} == {"float32"}
+    for groups in (rep["refused_by_source"], rep["refused_by_class"]):
+        assert sum(n for _, n in groups.values()) == 8
+        assert sum(r for r, _ in groups.values()) == 8 - rep["classified"]
+    refused_ids = {r["image"].removesuffix(".jpg") for r in results if r["status"] != "ok"}
+    for cls, (refused, n) in rep["refused_by_class"].items():
+        assert n == sum(lab == cls for lab in labels.values())
+        assert refused == sum(labels[i] == cls for i in refused_ids)
     assert json.loads((out / "device_eval.json").read_text())["coverage"] == rep["coverage"]
 
 

@@ -4,9 +4,11 @@
 # its downloads in /var/cache/apt, so repeat runs on a machine are quick).
 #
 #   scripts/apt-deps.sh                 # build: what `cargo build` needs (libclang-dev: v4l's bindgen)
-#   scripts/apt-deps.sh test            # + the daemon tests' real broker and TLS certificates
+#   scripts/apt-deps.sh test            # + the daemon tests' real broker and TLS certificates,
+#                                       #   and photos that are not dermoscopy (mate-backgrounds)
 #   scripts/apt-deps.sh cross           # + the arm64 cross toolchain and QEMU user mode
 #   scripts/apt-deps.sh vm              # + QEMU full-system and what builds the VM's initramfs
+#   scripts/apt-deps.sh ood             # + the wallpapers `dermaedge-train ood-set` draws photos from
 #
 # Installs run without recommends: anything a script needs must be named here, not reached
 # through a Recommends: (qemu-system-arm only recommends ipxe-qemu's NIC ROMs; vm-test.sh
@@ -18,11 +20,13 @@ list=0
 want=(libclang-dev)
 for group in "$@"; do
     case "$group" in
-    test) want+=(mosquitto mosquitto-clients openssl) ;;
+    test) want+=(mosquitto mosquitto-clients openssl mate-backgrounds) ;;
     cross) want+=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
         libc6-dev-arm64-cross libc6:arm64 qemu-user-static) ;;
     vm) want+=(qemu-system-arm kmod cpio mosquitto mosquitto-clients) ;;
-    *) echo "apt-deps.sh: unknown group '$group' (want test, cross or vm)" >&2 && exit 2 ;;
+    ood) want+=(mate-backgrounds sway-backgrounds lomiri-wallpapers ukui-wallpapers
+        gnome-backgrounds) ;;
+    *) echo "apt-deps.sh: unknown group '$group' (want test, cross, vm or ood)" >&2 && exit 2 ;;
     esac
 done
 if [ $list -eq 1 ]; then

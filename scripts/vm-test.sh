@@ -150,7 +150,7 @@ echo "== vm: $(($(date +%s) - start)) s from boot to power-off"
 sleep 1
 
 python3 - "$WORK/console.txt" "$WORK/messages.txt" "$FORMATS" <<'PY'
-import csv, io, json, sys
+import collections, csv, io, json, sys
 console = open(sys.argv[1], errors="replace").read().replace("\r", "")
 lines = open(sys.argv[2], errors="replace").read().splitlines()
 formats = sys.argv[3].split()
@@ -165,7 +165,7 @@ for line in lines:
         status.setdefault(topic.split("/")[1], []).append(payload)
 block = console.split("VM-RESULTS-BEGIN\n", 1)[1].split("VM-RESULTS-END", 1)[0]
 rows = list(csv.DictReader(io.StringIO(block)))
-latencies = []
+latencies, reasons = [], collections.Counter()
 for fmt in formats:
     dev = f"vm-{fmt}"
     got = [m for m in results.values() if m["device_id"] == dev]
@@ -174,11 +174,16 @@ for fmt in formats:
         assert m["source"] == "camera" and m["trigger"] == "socket", m
         assert m["context"]["lesion_id"].startswith(fmt), m["context"]
         assert (m["result"]["width"], m["result"]["height"]) == (640, 480), m["result"]["width"]
+        # vivid shows colour bars, not skin: refused, never classified (issue 11)
+        assert m["result"]["status"] == "recapture", m["result"]
+        assert m["result"]["classification"] is None, m["result"]
+        reasons.update(m["result"]["recapture_reasons"])
         latencies.append(m["result"]["timings"]["total_ms"])
     assert status.get(dev, [])[:1] == ["online"] and status[dev][-1] == "offline", status.get(dev)
     stored = [r for r in rows if r["device_id"] == dev]
     assert {r["id"] for r in stored} == {m["id"] for m in got}, f"{dev}: database and MQTT differ"
 print(f"vm-test: {len(results)} results over MQTT and in SQLite, formats {', '.join(formats)}; "
       f"analysis per frame under emulation (TCG, not device speed): "
-      f"median {sorted(latencies)[len(latencies) // 2]:.0f} ms")
+      f"median {sorted(latencies)[len(latencies) // 2]:.0f} ms; vivid's test pattern refused "
+      f"every time ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))})")
 PY

@@ -159,7 +159,7 @@ enum Command {
         /// One JSON message per line (the default).
         #[arg(long, conflicts_with = "csv")]
         json: bool,
-        /// CSV: id, time, source, status, top class, the 8 probabilities, context.
+        /// CSV: id, time, source, status, recapture reasons, top class, the 8 probabilities, context.
         #[arg(long)]
         csv: bool,
     },
@@ -456,7 +456,7 @@ fn export_results(db: &Path, since: Option<&str>, csv: bool) -> Result<(), Strin
     }
     writeln!(
         out,
-        "id,captured_at,device_id,source,trigger,status,top_class,{},malignancy_score,melanoma_flag,lesion_id,body_site",
+        "id,captured_at,device_id,source,trigger,status,recapture_reasons,top_class,{},malignancy_score,melanoma_flag,lesion_id,body_site",
         CLASSES.join(",")
     )
     .map_err(w)?;
@@ -469,15 +469,21 @@ fn export_results(db: &Path, since: Option<&str>, csv: bool) -> Result<(), Strin
         };
         let c = &v["result"]["classification"];
         let probs: Vec<String> = CLASSES.iter().map(|k| s(&c["probabilities"][k])).collect();
+        // One cell: the reasons joined by ';' (empty for a classified frame).
+        let reasons: Vec<&str> = v["result"]["recapture_reasons"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
         writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
             s(&v["id"]),
             s(&v["captured_at"]),
             s(&v["device_id"]),
             s(&v["source"]),
             s(&v["trigger"]),
             s(&v["result"]["status"]),
+            csv_field(&reasons.join(";")),
             s(&c["top_class"]),
             probs.join(","),
             s(&c["malignancy_score"]),

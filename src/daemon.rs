@@ -980,9 +980,13 @@ impl Worker {
             }
         };
         // Auto capture fires on sharp, still frames; only the analysis can say whether a
-        // lesion is in view, and a frame without one is not worth keeping.
-        if trigger == Trigger::Auto && analysis.recapture_reasons.contains(&Reason::NoLesion) {
-            log::debug!("auto capture: no lesion in view; not stored");
+        // lesion is in view, and a frame without one (or not a dermoscopic view at all: the
+        // lens cap, the desk) is not worth keeping.
+        let reasons = &analysis.recapture_reasons;
+        if trigger == Trigger::Auto
+            && (reasons.contains(&Reason::NoLesion) || reasons.contains(&Reason::NotDermoscopic))
+        {
+            log::debug!("auto capture: no lesion in a dermoscopic view; not stored");
             return Ok(json!({"ok": false, "error": "no lesion in view"}));
         }
         let (image_bytes, media_type) = match input {

@@ -101,6 +101,19 @@ pub struct Decision {
     pub mask_threshold: Option<f32>,
 }
 
+/// Out-of-distribution refusal (classifiers): the graph's second output is the distance of
+/// the input to the training data (see docs/manifest.md); above `threshold` the frame is not
+/// a dermoscopic image like those the model learnt from, and gets no classification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ood {
+    pub output: String,
+    pub method: String,
+    pub threshold: f32,
+    /// How the statistics were made (features, components, margins): for people, kept as is.
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
 /// The manifest beside each .onnx. Fields the device does not act on (training, metrics) are
 /// kept as JSON for `dermaedge models`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +139,8 @@ pub struct Manifest {
     pub tta: Option<Tta>,
     #[serde(default)]
     pub decision: Decision,
+    #[serde(default)]
+    pub ood: Option<Ood>,
     pub license: String,
     pub training: serde_json::Value,
     pub metrics: serde_json::Value,
@@ -210,6 +225,7 @@ impl Manifest {
                 if !matches!(t, Some(t) if t > 0.0 && t.is_finite()) {
                     return Err(invalid(path, "calibration.temperature must be > 0"));
                 }
+                self.check_ood(path)?;
             }
             "segmentation" => {
                 if self.output.shape != [1, 1, shape[2], shape[3]]
@@ -224,6 +240,47 @@ impl Manifest {
             other => return Err(invalid(path, format!("unknown task {other:?}"))),
         }
         Ok(())
+    }
+
+    /// A classifier must say how to recognise what it was not trained on: the device never
+    /// classifies a frame it cannot place (issue 11).
+    fn check_ood(&self, path: &Path) -> Result<(), ModelError> {
+        let Some(ood) = &self.ood else {
+            return Err(invalid(
+                path,
+                "no `ood` block: this classifier has no out-of-distribution statistics, and \
+                 the device will not classify without them; re-export it with dermaedge-train \
+                 0.2 or later",
+            ));
+        };
+        if ood.method != "mahalanobis" {
+            return Err(invalid(
+                path,
+                format!(
+                    "ood.method {:?} is not supported (this device reads \"mahalanobis\")",
+                    ood.method
+                ),
+            ));
+        }
+        if !(ood.threshold > 0.0 && ood.threshold.is_finite()) {
+            return Err(invalid(path, "ood.threshold must be a number > 0"));
+        }
+        if ood.output == self.output.name {
+            return Err(invalid(
+                path,
+                "ood.output must name a second graph output, not the logits",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The graph outputs the device reads, in order: the logits, then the OOD distance.
+    pub fn output_names(&self) -> Vec<&str> {
+        let mut names = vec![self.output.name.as_str()];
+        if let Some(ood) = &self.ood {
+            names.push(ood.output.as_str());
+        }
+        names
     }
 
     pub fn input_hw(&self) -> (usize, usize) {
@@ -299,6 +356,13 @@ impl Model {
             .model_for_proto_model(&proto)
             .map_err(tract_err)?;
         drop(proto);
+        let names = manifest.output_names();
+        let model = model.with_outputs_by_name(&names).map_err(|e| {
+            invalid(
+                &path,
+                format!("the graph lacks an output the manifest names ({names:?}): {e}"),
+            )
+        })?;
         let plan = model
             .with_input_fact(0, f32::fact([1, 3, h, w]).into())
             .map_err(tract_err)?
@@ -318,14 +382,17 @@ impl Model {
         })
     }
 
-    /// Run on one 1x3xHxW input; returns the first output as a flat vector.
+    /// Run on one 1x3xHxW input; returns the first output (the logits) as a flat vector.
     pub fn run(&self, input: Tensor) -> TractResult<Vec<f32>> {
+        Ok(self.run_all(input)?.swap_remove(0))
+    }
+
+    /// Run on one input; every output the manifest names, in `Manifest::output_names` order.
+    pub fn run_all(&self, input: Tensor) -> TractResult<Vec<Vec<f32>>> {
         let out = self.plan.run(tvec!(input.into()))?;
-        Ok(out[0]
-            .to_plain_array_view::<f32>()?
-            .iter()
-            .copied()
-            .collect())
+        out.iter()
+            .map(|t| Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()))
+            .collect()
     }
 }
 

@@ -1,8 +1,10 @@
 //! One frame to one result: quality gate -> segmentation -> lesion selection -> lesion crop
-//! -> classification (flip TTA) -> calibrated probabilities, plus the lesion measurements.
+//! -> classifier pass -> out-of-distribution decision -> classification (flip TTA) ->
+//! calibrated probabilities, plus the lesion measurements.
 //!
-//! A frame that fails the quality gate gets `status: "recapture"` with its reasons and no
-//! classification: the device never offers a confident guess on a bad frame. The result type
+//! A frame that fails the quality gate, or that the classifier's own statistics place outside
+//! the dermoscopy it learnt from (`not_dermoscopic`), gets `status: "recapture"` with its
+//! reasons and no classification: the device never offers a confident guess on a bad frame. The result type
 //! is the device's public contract (docs/result.md, docs/result.schema.json).
 
 use std::path::Path;
@@ -14,7 +16,8 @@ use serde::Serialize;
 use crate::model::{self, Model, ModelError, CLASSES};
 use crate::vision::{self, DecodeError, DecodeLimits, FrameQuality, Measurements};
 
-pub const RESULT_SCHEMA_VERSION: u32 = 1;
+/// 2: the `not_dermoscopic` reason and `quality.ood_distance` / `ood_threshold`.
+pub const RESULT_SCHEMA_VERSION: u32 = 2;
 
 /// Long side of the working resolution for quality, mask clean-up and measurements.
 pub const WORKING_SIDE: u32 = 512;
@@ -93,6 +96,9 @@ pub enum Reason {
     Blurred,
     NoLesion,
     LesionCutOff,
+    /// Not a dermoscopic image like those the classifier learnt from (a wall, a photo, the
+    /// colour bars of a camera without its sensor): the classifier is not asked.
+    NotDermoscopic,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -103,6 +109,10 @@ pub struct Quality {
     pub lesion_fraction: f32,
     /// Fraction of the lesion's outline lying on the field's edge (0 = wholly inside).
     pub lesion_border_contact: f32,
+    /// The classifier's distance of this frame to its training dermoscopy, and the manifest's
+    /// limit; null when an earlier check already refused the frame.
+    pub ood_distance: Option<f32>,
+    pub ood_threshold: Option<f32>,
 }
 
 /// Per-class probabilities in the ISIC order.
@@ -304,14 +314,18 @@ impl Analyzer {
         };
         timings.measure_ms = ms(t);
 
-        let classification = if reasons.is_empty() {
+        let (mut classification, mut ood_distance) = (None, None);
+        let ood_threshold = self.classifier.manifest.ood.as_ref().map(|o| o.threshold);
+        if reasons.is_empty() {
             let t = Instant::now();
-            let cls = self.classify(frame, &mask, field)?;
+            let (cls, distance) = self.classify(frame, &mask, field)?;
             timings.classify_ms = ms(t);
-            Some(cls)
-        } else {
-            None
-        };
+            ood_distance = distance;
+            match cls {
+                Some(cls) => classification = Some(cls),
+                None => reasons.push(Reason::NotDermoscopic),
+            }
+        }
         timings.total_ms = timings.decode_ms + ms(t_all);
         Ok(Analysis {
             schema_version: RESULT_SCHEMA_VERSION,
@@ -328,6 +342,8 @@ impl Analyzer {
                 frame: fq,
                 lesion_fraction,
                 lesion_border_contact: contact,
+                ood_distance,
+                ood_threshold,
             },
             classification,
             lesion,
@@ -345,12 +361,15 @@ impl Analyzer {
         })
     }
 
+    /// The classifier's pass on the frame as it is gives the logits and the OOD distance; a
+    /// frame over the manifest's threshold gets no classification (`None`) and no flipped
+    /// pass. Returns the classification and the distance.
     fn classify(
         &self,
         frame: &RgbImage,
         mask: &GrayImage,
         field: vision::Rect,
-    ) -> Result<Classification, AnalyzeError> {
+    ) -> Result<(Option<Classification>, Option<f32>), AnalyzeError> {
         let m = &self.classifier.manifest;
         let seg_border = self.segmenter.manifest.preprocessing.first();
         let prepared = vision::prepare_with_border(
@@ -359,7 +378,21 @@ impl Analyzer {
             Some(mask),
             seg_border.map(|step| (step, field)),
         );
-        let mut logits = self.infer(&self.classifier, prepared.tensor(false))?;
+        let mut outputs = self
+            .classifier
+            .run_all(prepared.tensor(false))
+            .map_err(|e| AnalyzeError::Inference {
+                model: self.classifier.path.display().to_string(),
+                msg: format!("{e:#}"),
+            })?;
+        let distance = outputs.get(1).and_then(|d| d.first().copied());
+        if let (Some(ood), Some(d)) = (&m.ood, distance) {
+            // NaN counts as out of distribution: no number, no diagnosis.
+            if d.is_nan() || d > ood.threshold {
+                return Ok((None, Some(d)));
+            }
+        }
+        let mut logits = outputs.swap_remove(0);
         if self.config.tta && m.tta.as_ref().is_some_and(|t| t.horizontal_flip) {
             let flipped = self.infer(&self.classifier, prepared.tensor(true))?;
             for (a, b) in logits.iter_mut().zip(flipped) {
@@ -374,14 +407,15 @@ impl Analyzer {
                 |best, (i, &v)| if v > best.1 { (i, v) } else { best },
             );
         let threshold = m.decision.melanoma_threshold.unwrap_or(0.5);
-        Ok(Classification {
+        let classification = Classification {
             probabilities: Probabilities::from_slice(&p),
             top_class: CLASSES[top],
             top_probability: top_p,
             malignancy_score: p[0] + p[2] + p[7] + p[3],
             melanoma_flag: p[0] >= threshold,
             melanoma_threshold: threshold,
-        })
+        };
+        Ok((Some(classification), distance))
     }
 }
 

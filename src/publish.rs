@@ -521,6 +521,13 @@ fn discovery(config: &Config, topics: &Topics) -> Vec<(String, String, bool)> {
         ),
         (
             "sensor",
+            "recapture_reasons",
+            "Recapture reasons",
+            "{{ value_json.result.recapture_reasons | join(', ') if value_json.result and value_json.result.recapture_reasons else 'none' }}".to_string(),
+            None,
+        ),
+        (
+            "sensor",
             "top_class",
             "Top class",
             format!("{{{{ {classification}.top_class if {classification} else 'none' }}}}"),
@@ -602,7 +609,7 @@ mod tests {
         let mut c = Config::default();
         c.mqtt.home_assistant = true;
         let d = discovery(&c, &Topics::new(&c));
-        assert_eq!(d.len(), 5);
+        assert_eq!(d.len(), 6);
         for (topic, body, retain) in d {
             assert!(topic.starts_with("homeassistant/") && topic.ends_with("/config"));
             assert!(retain);

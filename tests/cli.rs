@@ -78,10 +78,88 @@ fn analyze_samples_as_json_valid_against_the_schema() {
             assert!(!r["recapture_reasons"].as_array().unwrap().is_empty());
         }
         assert_eq!(r["models"].as_array().unwrap().len(), 2);
+        // Real dermoscopy: never refused as something else.
+        assert!(
+            !r["recapture_reasons"]
+                .as_array()
+                .unwrap()
+                .contains(&"not_dermoscopic".into()),
+            "{}: refused as not dermoscopic (distance {} over {})",
+            r["image"],
+            r["quality"]["ood_distance"],
+            r["quality"]["ood_threshold"]
+        );
     }
     assert!(
         ok >= images.len() / 2,
         "most real samples should pass the quality gate: {ok}"
+    );
+}
+
+/// Issue 11: a camera's colour bars and ordinary photos get no classification and no
+/// melanoma flag, with either model precision.
+#[test]
+fn colour_bars_and_wallpapers_get_no_classification() {
+    let dir = tempfile::tempdir().unwrap();
+    let bars = dir.path().join("colour-bars.png");
+    common::colour_bars(640, 480).save(&bars).unwrap();
+    let mut images = vec![bars.display().to_string()];
+    for w in common::WALLPAPERS {
+        assert!(
+            Path::new(w).is_file(),
+            "{w}: missing; install the test packages (scripts/apt-deps.sh test)"
+        );
+        images.push(w.to_string());
+    }
+    for precision in ["float32", "int8"] {
+        let mut args = vec!["analyze", "--json", "--precision", precision];
+        args.extend(images.iter().map(String::as_str));
+        let out = dermaedge(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let schema = result_schema();
+        let results: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(results.len(), images.len());
+        for r in &results {
+            assert!(
+                schema.is_valid(r),
+                "{}: not valid against the schema",
+                r["image"]
+            );
+            assert_eq!(r["status"], "recapture", "{precision} {}: {r}", r["image"]);
+            assert!(r["classification"].is_null(), "{precision} {}", r["image"]);
+        }
+    }
+}
+
+/// A classifier manifest without OOD statistics is refused at start, by name.
+#[test]
+fn a_classifier_without_ood_statistics_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_models(dir.path());
+    let path = dir.path().join("classifier-f32.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("ood");
+    std::fs::write(&path, m.to_string()).unwrap();
+    let image = common::samples().join("ISIC_0001100.jpg");
+    let out = dermaedge(&[
+        "analyze",
+        "--models",
+        dir.path().to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("classifier-f32.json") && err.contains("no `ood` block"),
+        "{err}"
     );
 }
 

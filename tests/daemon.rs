@@ -575,7 +575,9 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
         .unwrap();
     let csv = String::from_utf8(out.stdout).unwrap();
     assert_eq!(csv.lines().count() as i64, n + 2);
-    assert!(csv.starts_with("id,captured_at,device_id,source,trigger,status,top_class,MEL,"));
+    assert!(csv.starts_with(
+        "id,captured_at,device_id,source,trigger,status,recapture_reasons,top_class,MEL,"
+    ));
 }
 
 #[test]

@@ -52,9 +52,10 @@ fn tract_reproduces_the_onnxruntime_reference_outputs() {
             let input = image::open(dir.join(case["input"].as_str().unwrap()))
                 .unwrap()
                 .to_rgb8();
-            let out = model
-                .run(vision::normalize(&input, mean, std, scale, false))
+            let mut outs = model
+                .run_all(vision::normalize(&input, mean, std, scale, false))
                 .unwrap();
+            let out = outs.swap_remove(0);
             let want: Vec<f32> = case["output"]
                 .as_array()
                 .unwrap()
@@ -80,6 +81,16 @@ fn tract_reproduces_the_onnxruntime_reference_outputs() {
                         .fold(0.0, f32::max);
                     assert!(diff <= 1e-4, "{what}: probabilities differ by {diff}");
                 }
+                // The OOD distance: the same number (float32), the same decision (int8).
+                let ood = m.ood.as_ref().expect("a classifier has OOD statistics");
+                let got = outs[0][0];
+                let want = case["ood_distance"].as_f64().unwrap() as f32;
+                let rel = (got - want).abs() / want.abs().max(1e-6);
+                assert!(
+                    rel <= if int8 { 0.05 } else { 1e-3 },
+                    "{what}: OOD distance {got} vs onnxruntime {want}"
+                );
+                assert_eq!(got > ood.threshold, want > ood.threshold, "{what}");
             } else {
                 let (h, w) = m.input_hw();
                 let stride = case["output_stride"].as_u64().unwrap() as usize;

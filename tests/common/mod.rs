@@ -79,3 +79,27 @@ pub fn jpeg_with_orientation(img: &image::RgbImage, orientation: u16) -> Vec<u8>
     out.extend_from_slice(&jpeg[2..]);
     out
 }
+
+/// The 75 % colour bars a camera shows without a sensor (vivid's default pattern: white,
+/// yellow, cyan, green, magenta, red, blue, black).
+pub fn colour_bars(w: u32, h: u32) -> image::RgbImage {
+    const BARS: [[u8; 3]; 8] = [
+        [191, 191, 191],
+        [191, 191, 0],
+        [0, 191, 191],
+        [0, 191, 0],
+        [191, 0, 191],
+        [191, 0, 0],
+        [0, 0, 191],
+        [0, 0, 0],
+    ];
+    image::RgbImage::from_fn(w, h, |x, _| image::Rgb(BARS[(x * 8 / w) as usize]))
+}
+
+/// Photos that are not dermoscopy, from Debian's mate-backgrounds (scripts/apt-deps.sh,
+/// group `test`): a ladybird, a butterfly, a dune. Not used to fit anything.
+pub const WALLPAPERS: [&str; 3] = [
+    "/usr/share/backgrounds/mate/nature/LadyBird.jpg",
+    "/usr/share/backgrounds/mate/nature/TwoWings.jpg",
+    "/usr/share/backgrounds/mate/nature/Dune.jpg",
+];

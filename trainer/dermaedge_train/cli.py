@@ -113,7 +113,8 @@ def cmd_device_eval(args) -> None:
         keys += ("dice",)
     else:
         rep = device_eval(*paths, source=args.source, **common)
-        keys = ("images", "classified", "coverage", "recapture_reasons", "balanced_accuracy")
+        keys = ("images", "classified", "coverage", "false_not_dermoscopic", "recapture_reasons")
+        keys += ("balanced_accuracy",)
         keys += ("balanced_accuracy_ci95", "official_balanced_accuracy", "ece", "melanoma")
     print(json.dumps({k: rep[k] for k in keys if k in rep}, indent=2, default=float))
 

@@ -110,6 +110,11 @@ def device_eval(
         "classified": len(classified),
         "coverage": len(classified) / len(samples),
         "recapture_reasons": dict(reasons),
+        # Dermoscopy the OOD decision turned away: its false refusals (issue 11 wants <= 2 %).
+        "false_not_dermoscopic": reasons.get("not_dermoscopic", 0) / len(samples),
+        "not_dermoscopic_by_source": refused_by(
+            samples, status, lambda s: s.source, "not_dermoscopic"
+        ),
         "refused_by_source": refused_by(samples, status, lambda s: s.source),
         "refused_by_class": refused_by(samples, status, lambda s: metrics.CLASSES[s.label]),
         "models": results[0]["models"] if results else [],
@@ -131,12 +136,17 @@ def device_eval(
     return report
 
 
-def refused_by(samples: list, status: dict, key) -> dict:
-    """{group: [refused, images]}: where the quality gate's refusals fall (by source, class)."""
+def refused_by(samples: list, status: dict, key, reason: str = "") -> dict:
+    """{group: [refused, images]}: where the refusals (those for `reason`, or all) fall, by
+    source or class."""
     counts: dict = {}
     for s in samples:
         c = counts.setdefault(key(s) or "unknown", [0, 0])
-        c[0] += status.get(s.image.name, {}).get("status") != "ok"
+        r = status.get(s.image.name, {})
+        if reason:
+            c[0] += reason in r.get("recapture_reasons", [])
+        else:
+            c[0] += r.get("status") != "ok"
         c[1] += 1
     return dict(sorted(counts.items()))
 

@@ -38,7 +38,8 @@ def torch_logits_fn(model: torch.nn.Module) -> LogitsFn:
     return run
 
 
-def onnx_logits_fn(path: Path, threads: int = 0) -> LogitsFn:
+def onnx_logits_fn(path: Path, threads: int = 0, output: int = 0) -> LogitsFn:
+    """onnxruntime on an exported file; `output` picks the graph output (1: ood_distance)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -49,7 +50,7 @@ def onnx_logits_fn(path: Path, threads: int = 0) -> LogitsFn:
 
     def run(x: np.ndarray) -> np.ndarray:
         # Exports have a static batch of 1.
-        return np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+        return np.concatenate([sess.run(None, {name: x[i : i + 1]})[output] for i in range(len(x))])
 
     return run
 
@@ -63,7 +64,7 @@ def model_input(sample, steps: list, masks_dir: Path | None = None) -> np.ndarra
     return preprocess.apply_steps(img, steps, mask)
 
 
-class _Preprocessed(Dataset):
+class Preprocessed(Dataset):
     def __init__(self, samples: list, steps: list, masks_dir: Path | None):
         self.samples, self.steps, self.masks_dir = samples, steps, masks_dir
 
@@ -86,7 +87,7 @@ def classify(
 ) -> np.ndarray:
     """Logits for `samples` (mean over identity and horizontal flip when `tta`)."""
     loader = DataLoader(
-        _Preprocessed(samples, steps, masks_dir), batch_size=batch, num_workers=workers
+        Preprocessed(samples, steps, masks_dir), batch_size=batch, num_workers=workers
     )
     out = np.zeros((len(samples), len(CLASSES)), np.float32)
     for x, idx in loader:

@@ -29,7 +29,7 @@ import onnx
 import torch
 from PIL import Image
 
-from . import __version__, metrics, preprocess
+from . import __version__, metrics, ood, preprocess
 from .config import Config, config_from_dict
 from .data import CLASSES, load_rgb
 from .evaluate import (
@@ -52,6 +52,7 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 # ConvTranspose stays float: per-axis dequantization on its weights is the least-trodden path.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Clip", "Relu", "Add", "Concat", "MaxPool"]
 FLOAT_TOLERANCE = 1e-4
+OOD_TOLERANCE = 1e-3  # relative: the distance sums 64 squares of float32 products
 INT8_MIN_AGREEMENT = 0.99
 
 DATA_LICENSES = {
@@ -115,15 +116,19 @@ def check_domains(path: Path) -> None:
         raise ExportError(f"{path}: uses non-standard op domain(s) {bad}; tract cannot load them")
 
 
-def export_onnx(model: torch.nn.Module, size: int, path: Path, output_name: str) -> None:
+def export_onnx(
+    model: torch.nn.Module, size: int, path: Path, output_names: str | list[str]
+) -> None:
     dummy = torch.zeros(1, 3, size, size)
     raw = path.with_suffix(".raw.onnx")
+    if isinstance(output_names, str):
+        output_names = [output_names]
     torch.onnx.export(
         model,
         (dummy,),
         str(raw),
         input_names=["input"],
-        output_names=[output_name],
+        output_names=output_names,
         opset_version=OPSET,
         dynamo=False,
     )
@@ -154,7 +159,11 @@ def save_without_unused_opsets(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def quantize_int8(float_path: Path, int8_path: Path, calib: list[np.ndarray]) -> None:
+def quantize_int8(
+    float_path: Path, int8_path: Path, calib: list[np.ndarray], keep_float: list[str] = ()
+) -> None:
+    """QDQ int8; the nodes named in `keep_float` stay float32 (the OOD distance: its
+    whitening spreads a few units of feature over a wide range that int8 would flatten)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -181,11 +190,41 @@ def quantize_int8(float_path: Path, int8_path: Path, calib: list[np.ndarray]) ->
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=list(keep_float),
         )
         save_without_unused_opsets(onnx.load(str(raw)), int8_path)
     finally:
         raw.unlink(missing_ok=True)
     check_domains(int8_path)
+
+
+def ood_nodes(path: Path) -> list[str]:
+    """The nodes of the OOD distance: those the wrapper adds outside the classifier."""
+    return [n.name for n in onnx.load(str(path)).graph.node if not n.name.startswith("/model/")]
+
+
+def check_ood_parity(path: Path, xs: list[np.ndarray], torch_d: np.ndarray) -> None:
+    ort_d = np.concatenate([onnx_logits_fn(path, output=1)(x) for x in xs])
+    rel = float(np.max(np.abs(ort_d - torch_d) / np.maximum(np.abs(torch_d), 1e-6)))
+    if rel >= OOD_TOLERANCE:
+        raise ExportError(
+            f"{path}: PyTorch and onnxruntime OOD distances differ by {rel:.2e} relative "
+            f"(limit {OOD_TOLERANCE:g})"
+        )
+    print(f"parity float32: OOD distance max relative difference {rel:.2e}")
+
+
+def ood_metrics(path: Path, held_out: list, steps: list, masks_dir, block: dict) -> dict:
+    """How often this file's OOD decision refuses the held-out dermoscopy, per source."""
+    d = ood.onnx_distances(path, held_out, steps, masks_dir)
+    t = block["threshold"]
+    by_source = ood.refusal_by_source(d, [s.source for s in held_out], t)
+    print(f"OOD: {np.mean(d > t):.2%} of {len(d)} held-out images over the threshold {t:.1f}")
+    return {
+        "false_refusal": float(np.mean(d > t)),
+        "false_refusal_by_source": by_source,
+        "distance_quantiles": {q: float(np.quantile(d, float(q))) for q in ("0.5", "0.9", "0.99")},
+    }
 
 
 def _probs(logits: np.ndarray, task: str) -> np.ndarray:
@@ -233,14 +272,29 @@ def export(
     rng = np.random.default_rng(0)
     parity_set = [held_out[i] for i in rng.permutation(len(held_out))[:parity_images]]
     parity_x = inputs(parity_set)
-    output_name = "logits"
     f32 = out_dir / f"{name}-f32.onnx"
-    export_onnx(model, size, f32, output_name)
+    ood_block = None
+    if is_cls:
+        # The classifier carries its own out-of-distribution distance (ood.py).
+        # Its threshold is chosen on the calib split, or on the evaluation split of a run
+        # without one (as the melanoma operating point is); the manifest says which.
+        ood_split = "calib" if calib_set else eval_split
+        ood_set = calib_set or held_out
+        wrapped, ood_block = ood.fit_for_export(model, train_set, ood_set, steps, masks_dir)
+        ood_block["threshold_split"] = ood_split
+        export_onnx(wrapped, size, f32, ["logits", ood.OUTPUT])
+        with torch.no_grad():
+            outs = [wrapped(torch.from_numpy(x)) for x in parity_x]
+        wrapped.remove_hook()
+        torch_out = np.concatenate([o[0].numpy() for o in outs])
+        check_ood_parity(f32, parity_x, np.concatenate([o[1].numpy() for o in outs]))
+    else:
+        export_onnx(model, size, f32, "logits")
+        with torch.no_grad():
+            torch_out = np.concatenate([model(torch.from_numpy(x)).numpy() for x in parity_x])
 
     # Parity: PyTorch vs onnxruntime on held-out images.
     ort_f32 = onnx_logits_fn(f32)
-    with torch.no_grad():
-        torch_out = np.concatenate([model(torch.from_numpy(x)).numpy() for x in parity_x])
     ort_out = np.concatenate([ort_f32(x) for x in parity_x])
     diff = float(np.abs(_probs(torch_out, task) - _probs(ort_out, task)).max())
     if diff >= FLOAT_TOLERANCE:
@@ -253,8 +307,8 @@ def export(
 
     if int8:
         q = out_dir / f"{name}-int8.onnx"
-        calib_set = [train_set[i] for i in rng.permutation(len(train_set))[:calib_images]]
-        quantize_int8(f32, q, inputs(calib_set))
+        quant_set = [train_set[i] for i in rng.permutation(len(train_set))[:calib_images]]
+        quantize_int8(f32, q, inputs(quant_set), ood_nodes(f32) if is_cls else [])
         q_out = np.concatenate([onnx_logits_fn(q)(x) for x in parity_x])
         if is_cls:
             agreement = float(np.mean(q_out.argmax(1) == ort_out.argmax(1)))
@@ -324,6 +378,12 @@ def export(
         manifest = _manifest(
             cfg, ckpt, name, version, precision, path, steps, summary, rep, train_set
         )
+        if ood_block is not None:
+            manifest["ood"] = dict(ood_block)
+            manifest["ood"]["threshold"] = ood.threshold_for(
+                path, ood_set, steps, masks_dir, ood_block
+            )
+            summary["ood"] = ood_metrics(path, held_out, steps, masks_dir, manifest["ood"])
         manifest["reference"] = f"{path.stem}.reference.json"
         write_reference(path, fn, reference_images, steps, ref_dir, out_dir, task)
         manifest = metrics.json_safe(manifest)
@@ -418,6 +478,7 @@ def write_reference(
         }
         if task == "classification":
             case["output"] = [float(v) for v in logits.ravel()]
+            case["ood_distance"] = float(onnx_logits_fn(model_path, output=1)(x).ravel()[0])
         else:
             stride = 8
             case["output_stride"] = stride

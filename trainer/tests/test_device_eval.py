@@ -53,6 +53,9 @@ def test_scores_what_the_binary_classified_and_reports_coverage(samples_root, tm
     refused = sum(rep["recapture_reasons"].values())
     assert rep["classified"] + refused >= 8  # a refused frame can have several reasons
     assert rep["coverage"] == pytest.approx(rep["classified"] / 8)
+    # real dermoscopy, never refused as something else; counted per source too
+    assert rep["false_not_dermoscopic"] == 0
+    assert sum(n for _, n in rep["not_dermoscopic_by_source"].values()) == 8
     assert rep["classified"] > 0, "the development models classify some of the samples"
     preds, truth = rows(out / "predictions.csv"), rows(out / "truth.csv")
     assert [r["image"] for r in preds] == [r["image"] for r in truth]

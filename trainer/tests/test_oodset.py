@@ -63,6 +63,10 @@ def test_ood_eval_reports_every_frame_per_kind(tmp_path, capsys):
     assert rep["kinds"]["colour_bars"]["unreadable"] == 1
     # Almost black frames are what the exposure check already refuses.
     assert rep["kinds"]["lens_cap"]["refused"] == 2
+    # The shipped classifier's OOD decision (issue 11): none of these camera frames gets a
+    # classification; the colour bars pass the quality gate and are refused as not dermoscopic.
+    assert rep["classified"] == 0 and rep["melanoma_flag"] == 0
+    assert rep["kinds"]["colour_bars"]["reasons"] == {"not_dermoscopic": 1}
     saved = json.loads((tmp_path / "eval/ood_eval.json").read_text())
     assert saved == rep
     lines = (tmp_path / "eval/results.jsonl").read_text().splitlines()

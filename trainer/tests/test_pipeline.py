@@ -18,7 +18,7 @@ from PIL import Image
 from dermaedge_train import preprocess
 from dermaedge_train.cli import main
 from dermaedge_train.evaluate import onnx_logits_fn
-from dermaedge_train.export import sha256, validate_manifest
+from dermaedge_train.export import ExportError, sha256, validate_manifest
 
 from .conftest import SAMPLES
 
@@ -206,6 +206,24 @@ def test_export_classifier(cls_models):
     assert (models / "classifier-int8.onnx").stat().st_size < (
         models / "classifier-f32.onnx"
     ).stat().st_size / 2
+    # OOD statistics (issue 11): the second output, the threshold from this file's outputs,
+    # the tiny run's single source falls back to the default margin and says so
+    for m in (f32, int8):
+        o = m["ood"]
+        assert o["output"] == "ood_distance" and o["threshold"] > 0
+        assert o["margin"] == 2.0 and o["margin_rule"].startswith("default")
+        assert 0 <= m["metrics"]["ood"]["false_refusal"] <= 1
+        ref = json.loads((models / m["reference"]).read_text())
+        dist = onnx_logits_fn(models / m["file"], output=1)
+        for case in ref["cases"]:
+            pre = np.asarray(Image.open(models / case["input"]))
+            norm = m["preprocessing"][-1]
+            got = dist(preprocess.normalize(pre, norm["mean"], norm["std"]))[0]
+            assert got == pytest.approx(case["ood_distance"], rel=1e-4)
+    # and the contract: a classifier manifest without them is not valid
+    bare = {k: v for k, v in f32.items() if k != "ood"}
+    with pytest.raises(ExportError, match="ood"):
+        validate_manifest(bare)
 
 
 def test_export_segmenter_and_evaluate_full_resolution(seg_run, tmp_path):

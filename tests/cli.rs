@@ -103,7 +103,12 @@ fn colour_bars_and_wallpapers_get_no_classification() {
     let dir = tempfile::tempdir().unwrap();
     let bars = dir.path().join("colour-bars.png");
     common::colour_bars(640, 480).save(&bars).unwrap();
-    let mut images = vec![bars.display().to_string()];
+    // Bars that the quality gate lets through: the OOD decision itself must refuse them.
+    let past_the_gate = common::samples().join("colour-bars.jpeg");
+    let mut images = vec![
+        bars.display().to_string(),
+        past_the_gate.display().to_string(),
+    ];
     for w in common::WALLPAPERS {
         assert!(
             Path::new(w).is_file(),
@@ -136,6 +141,14 @@ fn colour_bars_and_wallpapers_get_no_classification() {
             assert_eq!(r["status"], "recapture", "{precision} {}: {r}", r["image"]);
             assert!(r["classification"].is_null(), "{precision} {}", r["image"]);
         }
+        assert_eq!(
+            results[1]["recapture_reasons"],
+            serde_json::json!(["not_dermoscopic"]),
+            "{precision}: {}",
+            results[1]
+        );
+        let d = results[1]["quality"]["ood_distance"].as_f64().unwrap();
+        assert!(d > results[1]["quality"]["ood_threshold"].as_f64().unwrap());
     }
 }
 

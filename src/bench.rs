@@ -44,20 +44,6 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Peak resident set size of this process (VmHWM), in MB.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// A 1280x960 JPEG made from `image` (a dermatoscope frame's size).
 pub fn frame_jpeg(image: &Path) -> Result<Vec<u8>, String> {
     let bytes =
@@ -151,7 +137,7 @@ pub fn run(
         classifier_runs_per_frame: if tta { 2 } else { 1 },
         segmenter_ops: ops(&analyzer.segmenter)?,
         classifier_ops: ops(&analyzer.classifier)?,
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: crate::sys::peak_rss_mb(),
         status,
     })
 }

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::daemon;
 use crate::model::{self, CLASSES};
-use crate::pipeline::{AnalysisConfig, Analyzer, Status};
+use crate::pipeline::{AnalysisConfig, Analyzer};
 use crate::store::Store;
 use crate::vision;
 
@@ -352,7 +352,7 @@ fn analyze(
             let line = serde_json::to_string(&a).map_err(|e| e.to_string())?;
             writeln!(out, "{line}").map_err(|e| e.to_string())?;
         } else {
-            writeln!(out, "{}", summary(&a)).map_err(|e| e.to_string())?;
+            writeln!(out, "{}", crate::pipeline::summary(&a)).map_err(|e| e.to_string())?;
         }
         if let Some(dir) = masks {
             let stem = path
@@ -502,34 +502,6 @@ fn csv_field(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
-    }
-}
-
-/// One line for people: the top class and flags, or why the frame must be taken again.
-pub fn summary(a: &crate::pipeline::Analysis) -> String {
-    match (&a.status, &a.classification) {
-        (Status::Ok, Some(c)) => format!(
-            "{}: {} {:.1}% | malignancy {:.2} | melanoma flag {} | lesion {} px, asymmetry {:.2}/{:.2}, compactness {:.2}, colours {}",
-            a.image,
-            c.top_class,
-            c.top_probability * 100.0,
-            c.malignancy_score,
-            if c.melanoma_flag { "RAISED" } else { "no" },
-            a.lesion.as_ref().map_or(0, |l| l.area_px),
-            a.lesion.as_ref().map_or(0.0, |l| l.asymmetry[0]),
-            a.lesion.as_ref().map_or(0.0, |l| l.asymmetry[1]),
-            a.lesion.as_ref().map_or(0.0, |l| l.compactness),
-            a.lesion.as_ref().map_or(0, |l| l.colors.len()),
-        ),
-        _ => format!(
-            "{}: RECAPTURE ({}) - no diagnosis support for this frame",
-            a.image,
-            a.recapture_reasons
-                .iter()
-                .map(|r| serde_json::to_string(r).unwrap_or_default().trim_matches('"').to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
     }
 }
 

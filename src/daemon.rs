@@ -12,223 +12,22 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use image::{GrayImage, RgbImage};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::capture::{Camera, Frame, Reconnect};
 use crate::config::{Config, SourceKind};
+use crate::control::{CaptureRequest, Commands, Job, Link, Trigger, WorkerStatus};
 use crate::pipeline::{Analysis, Analyzer, Reason, Status, Timings};
-use crate::publish::{self, Link, Publisher};
+use crate::publish::{self, Publisher};
 use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
 use crate::vision;
-
-/// Patient-side context a capture trigger may carry. No names: unknown keys are refused.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaptureRequest {
-    /// Echoed in the reply so a dashboard can match it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lesion_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_site: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sex: Option<Sex>,
-    /// Analyze this file instead of a camera frame (local socket only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sex {
-    Female,
-    Male,
-    Other,
-    Unknown,
-}
-
-impl CaptureRequest {
-    /// Parse a command body (empty: no context) and check its values.
-    pub fn parse(body: &[u8], local: bool) -> Result<CaptureRequest, String> {
-        let body = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
-        let r: CaptureRequest = if body.trim().is_empty() {
-            CaptureRequest::default()
-        } else {
-            // The path names the key at fault (serde's enum errors do not).
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(body))
-                .map_err(|e| match e.path().to_string().as_str() {
-                    "." => format!("invalid capture request: {}", e.inner()),
-                    path => format!("invalid capture request: {path}: {}", e.inner()),
-                })?
-        };
-        for (key, v) in [
-            ("request_id", &r.request_id),
-            ("lesion_id", &r.lesion_id),
-            ("body_site", &r.body_site),
-        ] {
-            if let Some(v) = v {
-                if v.is_empty() || v.len() > 64 || v.chars().any(char::is_control) {
-                    return Err(format!(
-                        "{key}: must be 1-64 characters without control characters"
-                    ));
-                }
-            }
-        }
-        if r.age.is_some_and(|a| a > 130) {
-            return Err("age: must be 0-130 years".into());
-        }
-        if r.file.is_some() && !local {
-            return Err("file: accepted only on the local control socket".into());
-        }
-        Ok(r)
-    }
-
-    /// The context stored and published with the result (never the file path).
-    fn context(&self) -> Option<Value> {
-        let v = json!({
-            "lesion_id": self.lesion_id,
-            "body_site": self.body_site,
-            "age": self.age,
-            "sex": self.sex,
-        });
-        let any = self.lesion_id.is_some()
-            || self.body_site.is_some()
-            || self.age.is_some()
-            || self.sex.is_some();
-        any.then_some(v)
-    }
-}
-
-/// What asked for a capture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Mqtt,
-    Socket,
-    Auto,
-    Folder,
-}
-
-impl Trigger {
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Mqtt => "mqtt",
-            Trigger::Socket => "socket",
-            Trigger::Auto => "auto",
-            Trigger::Folder => "folder",
-        }
-    }
-}
-
-struct Job {
-    trigger: Trigger,
-    request: CaptureRequest,
-    reply: oneshot::Sender<Value>,
-}
-
-/// What the worker reports for `status` answers.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct WorkerStatus {
-    pub source: String,
-    pub camera: Option<String>,
-    pub last_result: Option<String>,
-    pub last_error: Option<String>,
-}
-
-/// Command handling shared by the MQTT and socket front ends.
-#[derive(Clone)]
-pub struct Commands {
-    jobs: SyncSender<Job>,
-    queue: usize,
-    max_bytes: usize,
-    status: Arc<Mutex<WorkerStatus>>,
-    link: watch::Receiver<Link>,
-    database: PathBuf,
-    device_id: String,
-}
-
-impl Commands {
-    /// Run command `name` with JSON `body`; the answer always has `ok` and, on failure,
-    /// `error`. Remote (MQTT) callers may not name local files.
-    pub async fn handle(&self, name: &str, body: &[u8]) -> Value {
-        self.handle_from(name, body, false).await
-    }
-
-    async fn handle_from(&self, name: &str, body: &[u8], local: bool) -> Value {
-        if body.len() > self.max_bytes {
-            return json!({"ok": false, "error": format!(
-                "the command body has {} bytes; at most {} (mqtt.max_command_bytes)",
-                body.len(), self.max_bytes)});
-        }
-        match name {
-            "capture" => self.capture(body, local).await,
-            "status" => self.status(),
-            other => json!({"ok": false, "error": format!(
-                "unknown command {other:?}; known: capture, status")}),
-        }
-    }
-
-    async fn capture(&self, body: &[u8], local: bool) -> Value {
-        let request = match CaptureRequest::parse(body, local) {
-            Ok(r) => r,
-            Err(e) => return json!({"ok": false, "error": e}),
-        };
-        let request_id = request.request_id.clone();
-        let (reply, answer) = oneshot::channel();
-        let trigger = if local {
-            Trigger::Socket
-        } else {
-            Trigger::Mqtt
-        };
-        let job = Job {
-            trigger,
-            request,
-            reply,
-        };
-        let mut v = match self.jobs.try_send(job) {
-            Ok(()) => answer.await.unwrap_or_else(
-                |_| json!({"ok": false, "error": "the daemon is stopping; capture not taken"}),
-            ),
-            Err(TrySendError::Full(_)) => json!({"ok": false, "error": format!(
-                "busy: {} captures are already waiting; try again shortly", self.queue)}),
-            Err(TrySendError::Disconnected(_)) => {
-                json!({"ok": false, "error": "the daemon is stopping; capture not taken"})
-            }
-        };
-        if let Some(id) = request_id {
-            v["request_id"] = json!(id);
-        }
-        v
-    }
-
-    fn status(&self) -> Value {
-        let w = self.status.lock().map(|s| s.clone()).unwrap_or_default();
-        let counts = Store::open_read_only(&self.database).and_then(|s| s.counts());
-        let mut v = json!({
-            "ok": true,
-            "device_id": self.device_id,
-            "version": env!("CARGO_PKG_VERSION"),
-            "worker": w,
-            "mqtt": *self.link.borrow(),
-        });
-        if let Ok((captures, results, pending)) = counts {
-            v["captures"] = json!(captures);
-            v["results"] = json!(results);
-            v["undelivered"] = json!(pending);
-        }
-        v
-    }
-}
 
 /// Options of `dermaedge run` beyond the config file.
 #[derive(Debug, Clone, Default)]
@@ -586,7 +385,7 @@ impl Worker {
 
     fn run(mut self, jobs: Receiver<Job>, ready: oneshot::Sender<String>) -> Result<(), String> {
         let description = self.start()?;
-        release_free_memory();
+        crate::sys::release_free_memory();
         let _ = ready.send(description);
         let tick = Duration::from_millis(100);
         while !self.stop.load(Ordering::SeqCst) {
@@ -599,7 +398,7 @@ impl Worker {
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
                     self.capture_job(job);
-                    release_free_memory();
+                    crate::sys::release_free_memory();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 // No trigger front end (no broker, no socket): the sources still run.
@@ -610,7 +409,7 @@ impl Worker {
             }
             let scanned_empty = self.watch_folder();
             if scanned_empty == Some(false) {
-                release_free_memory();
+                crate::sys::release_free_memory();
             }
             if self.once && scanned_empty == Some(true) {
                 break;
@@ -1082,7 +881,7 @@ impl Worker {
             return Err(e.to_string());
         }
         self.outbox.notify_one();
-        log::info!("{} (id {id})", crate::cli::summary(&analysis));
+        log::info!("{} (id {id})", crate::pipeline::summary(&analysis));
         self.set_status(|s| s.last_result = Some(id.clone()));
         Ok(outcome_json(&id, &analysis))
     }
@@ -1091,17 +890,6 @@ impl Worker {
 enum Input {
     Bytes(Vec<u8>),
     Frame(Frame),
-}
-
-/// Give freed heap pages back to the system. Model loading and each analysis allocate tens of
-/// MB briefly; glibc keeps freed memory in its arenas, so without this the idle daemon would
-/// hold its peak forever (measured: 97 MB after loading vs the 64 MB idle target).
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 fn encode_jpeg(rgb: &RgbImage) -> Result<Vec<u8>, String> {

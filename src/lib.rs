@@ -6,18 +6,23 @@
 //! - [`capture`]: V4L2 cameras, frame conversion, reconnect backoff.
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`store`]: SQLite (captures, results, outbox) and the saved images.
+//! - [`control`]: the command protocol (capture requests, `status`), shared by MQTT and the socket.
 //! - [`publish`]: MQTT delivery from the outbox, status, commands, Home Assistant discovery.
 //! - [`daemon`]: the service that wires them together.
 //! - [`bench`]: latency, load time and memory figures.
+//! - [`sys`]: peak memory and `malloc_trim`, the crate's only `unsafe`.
 //! - [`cli`]: the `dermaedge` command line.
+#![deny(unsafe_code)]
 
 pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod model;
 pub mod pipeline;
 pub mod publish;
 pub mod store;
+pub mod sys;
 pub mod vision;

@@ -373,7 +373,7 @@ impl Model {
         log::debug!(
             "{}: loaded; peak RSS so far {:.1} MB",
             path.display(),
-            crate::bench::peak_rss_mb()
+            crate::sys::peak_rss_mb()
         );
         Ok(Model {
             manifest,

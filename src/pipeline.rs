@@ -419,6 +419,34 @@ impl Analyzer {
     }
 }
 
+/// One line for people: the top class and flags, or why the frame must be taken again.
+pub fn summary(a: &Analysis) -> String {
+    match (&a.status, &a.classification) {
+        (Status::Ok, Some(c)) => format!(
+            "{}: {} {:.1}% | malignancy {:.2} | melanoma flag {} | lesion {} px, asymmetry {:.2}/{:.2}, compactness {:.2}, colours {}",
+            a.image,
+            c.top_class,
+            c.top_probability * 100.0,
+            c.malignancy_score,
+            if c.melanoma_flag { "RAISED" } else { "no" },
+            a.lesion.as_ref().map_or(0, |l| l.area_px),
+            a.lesion.as_ref().map_or(0.0, |l| l.asymmetry[0]),
+            a.lesion.as_ref().map_or(0.0, |l| l.asymmetry[1]),
+            a.lesion.as_ref().map_or(0.0, |l| l.compactness),
+            a.lesion.as_ref().map_or(0, |l| l.colors.len()),
+        ),
+        _ => format!(
+            "{}: RECAPTURE ({}) - no diagnosis support for this frame",
+            a.image,
+            a.recapture_reasons
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap_or_default().trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let z: Vec<f64> = logits
         .iter()

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::config::{read_secret, Config};
-use crate::daemon::Commands;
+use crate::control::{Commands, Link};
 use crate::pipeline::Analysis;
 use crate::store::Store;
 
@@ -55,15 +55,6 @@ impl Topics {
     pub fn reply(&self, name: &str) -> String {
         format!("{}/cmd/{name}/reply", self.base)
     }
-}
-
-/// The connection as the rest of the daemon sees it (for `status` answers and logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Link {
-    Disabled,
-    Connecting,
-    Connected,
 }
 
 pub struct Publisher {

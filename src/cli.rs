@@ -454,55 +454,12 @@ fn export_results(db: &Path, since: Option<&str>, csv: bool) -> Result<(), Strin
         }
         return Ok(());
     }
-    writeln!(
-        out,
-        "id,captured_at,device_id,source,trigger,status,recapture_reasons,top_class,{},malignancy_score,melanoma_flag,lesion_id,body_site",
-        CLASSES.join(",")
-    )
-    .map_err(w)?;
+    writeln!(out, "{}", crate::message::csv_header()).map_err(w)?;
     for m in messages {
         let v: serde_json::Value = serde_json::from_str(&m).map_err(|e| e.to_string())?;
-        let s = |v: &serde_json::Value| match v {
-            serde_json::Value::Null => String::new(),
-            serde_json::Value::String(s) => csv_field(s),
-            other => other.to_string(),
-        };
-        let c = &v["result"]["classification"];
-        let probs: Vec<String> = CLASSES.iter().map(|k| s(&c["probabilities"][k])).collect();
-        // One cell: the reasons joined by ';' (empty for a classified frame).
-        let reasons: Vec<&str> = v["result"]["recapture_reasons"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
-            .unwrap_or_default();
-        writeln!(
-            out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            s(&v["id"]),
-            s(&v["captured_at"]),
-            s(&v["device_id"]),
-            s(&v["source"]),
-            s(&v["trigger"]),
-            s(&v["result"]["status"]),
-            csv_field(&reasons.join(";")),
-            s(&c["top_class"]),
-            probs.join(","),
-            s(&c["malignancy_score"]),
-            s(&c["melanoma_flag"]),
-            s(&v["context"]["lesion_id"]),
-            s(&v["context"]["body_site"]),
-        )
-        .map_err(w)?;
+        writeln!(out, "{}", crate::message::csv_row(&v)).map_err(w)?;
     }
     Ok(())
-}
-
-/// Quote a CSV field when it needs it.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 fn list_models(dir: &Path) -> Result<(), String> {

@@ -846,7 +846,7 @@ impl Worker {
             Some(saved) => saved.sha256.clone(),
             None => crate::model::sha256_hex(&image_bytes),
         };
-        let message = publish::result_message(&publish::MessageParts {
+        let message = crate::message::result_message(&crate::message::MessageParts {
             id: &id,
             device_id: &self.config.device_id,
             captured_at: &captured_at,

@@ -6,6 +6,7 @@
 //! - [`capture`]: V4L2 cameras, frame conversion, reconnect backoff.
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`store`]: SQLite (captures, results, outbox) and the saved images.
+//! - [`message`]: the stored, published and exported result message (JSON, CSV row).
 //! - [`control`]: the command protocol (capture requests, `status`), shared by MQTT and the socket.
 //! - [`publish`]: MQTT delivery from the outbox, status, commands, Home Assistant discovery.
 //! - [`daemon`]: the service that wires them together.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod message;
 pub mod model;
 pub mod pipeline;
 pub mod publish;

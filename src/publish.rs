@@ -23,7 +23,6 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::config::{read_secret, Config};
 use crate::control::{Commands, Link};
-use crate::pipeline::Analysis;
 use crate::store::Store;
 
 /// The topics of one device.
@@ -391,52 +390,6 @@ async fn wait_connack(events: &mut EventLoop) -> Result<(), String> {
             Err(e) => return Err(e.to_string()),
         }
     }
-}
-
-/// What goes into a result message (docs/mqtt.md, docs/message.schema.json).
-pub struct MessageParts<'a> {
-    pub id: &'a str,
-    pub device_id: &'a str,
-    pub captured_at: &'a str,
-    pub source: &'a str,
-    pub trigger: &'a str,
-    pub context: Option<&'a serde_json::Value>,
-    pub image_sha256: &'a str,
-    pub media_type: &'a str,
-    /// The frame is saved on the device.
-    pub stored: bool,
-    /// The frame's bytes, only when the config asks for images in messages.
-    pub image: Option<&'a [u8]>,
-    pub analysis: &'a Analysis,
-}
-
-/// Version of the result message; bump on any incompatible change (docs/mqtt.md).
-pub const MESSAGE_VERSION: u32 = 1;
-
-/// The result message: the JSON published on `<prefix>/<device>/result` and kept in the
-/// database as the exported record.
-pub fn result_message(p: &MessageParts) -> String {
-    use base64::Engine;
-    let mut image = json!({
-        "sha256": p.image_sha256,
-        "media_type": p.media_type,
-        "stored": p.stored,
-    });
-    if let Some(bytes) = p.image {
-        image["data_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
-    }
-    json!({
-        "message_version": MESSAGE_VERSION,
-        "id": p.id,
-        "device_id": p.device_id,
-        "captured_at": p.captured_at,
-        "source": p.source,
-        "trigger": p.trigger,
-        "context": p.context,
-        "image": image,
-        "result": p.analysis,
-    })
-    .to_string()
 }
 
 /// Build the TLS settings once at start, so a bad certificate or key stops the start with the

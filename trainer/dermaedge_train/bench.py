@@ -17,16 +17,10 @@ from torch import nn
 from .config import Config
 from .data import CLASSES
 from .loader import BatchAugment, LesionDataset, make_loader, model_steps
-from .models import build_model
-from .train import (
-    Runtime,
-    load_samples,
-    mean_std,
-    pick_device,
-    seg_loss,
-    train_step,
-    use_autocast,
-)
+from .models import build_model, mean_std, seg_loss
+from .runtime import Runtime, pick_device, use_autocast
+from .samples import load_samples
+from .train import train_step
 
 
 def _step_fn(cfg: Config, device: torch.device):

@@ -38,8 +38,8 @@ def cmd_evaluate(args) -> None:
     )
     from .export import load_checkpoint
     from .loader import lesion_masks_dir
+    from .samples import load_samples, split_samples
     from .splits import select
-    from .train import load_samples, split_samples
 
     model, ckpt, cfg = load_checkpoint(Path(args.checkpoint))
     if args.data:
@@ -185,7 +185,7 @@ def cmd_unpack(args) -> None:
 
 def cmd_check_data(args) -> None:
     from .data import load_mask, load_rgb
-    from .train import load_samples
+    from .samples import load_samples
 
     cfg = _config(args)
     samples = load_samples(cfg)

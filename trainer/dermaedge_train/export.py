@@ -40,8 +40,8 @@ from .evaluate import (
 )
 from .loader import lesion_masks_dir
 from .models import build_model
+from .samples import load_samples, split_samples
 from .splits import select
-from .train import load_samples, split_samples
 
 OPSET = 17
 STANDARD_DOMAINS = ("", "ai.onnx")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import Config
 from .data import CLASSES
 
 CLASSIFIERS = ("efficientnet_lite0", "xception")
@@ -205,3 +206,17 @@ class EffLiteUNet(nn.Module):
 
     def freeze(self, n: int) -> None:
         _freeze([self.stem, *list(self.blocks)[: max(0, n - 1)]])
+
+
+def mean_std(cfg: Config) -> tuple[tuple, tuple]:
+    mean, std = ARCH_MEAN_STD[cfg.model.arch]
+    return tuple(cfg.data.mean or mean), tuple(cfg.data.std or std)
+
+
+def seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    target = mask.float()[:, None]
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(1, 2, 3))
+    soft_dice = (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+    return bce + (1 - soft_dice).mean()

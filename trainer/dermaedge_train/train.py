@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from tqdm import tqdm
 from . import metrics
 from .cache import load_or_build
 from .config import Config, ConfigError
-from .data import CLASSES, class_counts, load_classification, load_segmentation
+from .data import CLASSES, class_counts
 from .loader import (
     BatchAugment,
     LesionDataset,
@@ -43,98 +42,16 @@ from .loader import (
     make_loader,
     model_steps,
 )
-from .models import ARCH_MEAN_STD, build_model
-from .splits import load_split, make_split, save_split, select
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors run: the device, the memory layout, bf16 autocast or not."""
-
-    device: torch.device
-    memory_format: torch.memory_format
-    autocast: bool
-
-
-def use_autocast(cfg: Config, device: torch.device) -> bool:
-    """bf16 autocast: on CUDA with train.amp; on a CPU only with native bf16 and train.cpu_bf16
-    (emulated bf16 is slower than fp32)."""
-    if device.type == "cuda":
-        return cfg.train.amp
-    return cfg.train.cpu_bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def load_samples(cfg: Config) -> list:
-    d = cfg.data
-    opt = {
-        k: Path(v)
-        for k, v in (("images", d.images), ("masks", d.masks), ("metadata", d.metadata))
-        if v
-    }
-    if cfg.task == "classification":
-        opt.pop("masks", None)
-        samples = load_classification(
-            Path(d.root), d.layout, require_all_classes=d.require_all_classes, **opt
-        )
-    else:
-        opt.pop("metadata", None)
-        samples = load_segmentation(Path(d.root), d.layout, **opt)
-    if d.limit and d.limit < len(samples):
-        # A seeded random subset (for smoke runs), in the dataset's order.
-        keep = sorted(random.Random(d.seed).sample(range(len(samples)), d.limit))
-        samples = [samples[i] for i in keep]
-    return samples
-
-
-def split_samples(cfg: Config, samples: list, out_dir: Path | None, rank: int = 0) -> dict:
-    d = cfg.data
-    if d.split_file:
-        assign = load_split(Path(d.split_file), samples)
-    else:
-        assign = make_split(
-            samples, d.val_fraction, d.test_fraction, d.seed, d.holdout_source, d.calib_fraction
-        )
-    if out_dir is not None and rank == 0:
-        save_split(assign, out_dir / "split.csv")
-    return assign
-
-
-def mean_std(cfg: Config) -> tuple[tuple, tuple]:
-    mean, std = ARCH_MEAN_STD[cfg.model.arch]
-    return tuple(cfg.data.mean or mean), tuple(cfg.data.std or std)
+from .models import build_model, mean_std, seg_loss
+from .runtime import Runtime, pick_device, setup_distributed, use_autocast
+from .samples import load_samples, split_samples
+from .splits import select
 
 
 def class_weights(samples: list) -> torch.Tensor:
     counts = torch.tensor(class_counts(samples), dtype=torch.float32)
     w = torch.where(counts > 0, counts.sum() / (len(CLASSES) * counts.clamp(min=1)), 0.0)
     return w
-
-
-def pick_device(cfg: Config, local_rank: int) -> torch.device:
-    want = cfg.train.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no CUDA device is available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def setup_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); torchrun sets the environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    target = mask.float()[:, None]
-    bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum(dim=(1, 2, 3))
-    soft_dice = (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
-    return bce + (1 - soft_dice).mean()
 
 
 @dataclass(frozen=True)

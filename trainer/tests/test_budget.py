@@ -19,7 +19,8 @@ from dermaedge_train.cache import load_or_build
 from dermaedge_train.config import ConfigError, load_config
 from dermaedge_train.data import load_classification, load_rgb, load_segmentation
 from dermaedge_train.loader import EpochSampler, model_steps
-from dermaedge_train.train import Schedule, mean_std
+from dermaedge_train.models import mean_std
+from dermaedge_train.train import Schedule
 
 
 def _schedule(**kw) -> Schedule:

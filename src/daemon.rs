@@ -27,7 +27,6 @@ use crate::control::{CaptureRequest, Commands, Job, Link, Trigger, WorkerStatus}
 use crate::pipeline::{Analysis, Analyzer, Reason, Status, Timings};
 use crate::publish::{self, Publisher};
 use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
-use crate::vision;
 
 /// Options of `dermaedge run` beyond the config file.
 #[derive(Debug, Clone, Default)]
@@ -655,7 +654,6 @@ impl Worker {
             return;
         }
         let a = self.config.auto_capture.clone();
-        let limits = self.config.analysis_config();
         let Some(link) = self.camera.as_mut() else {
             return;
         };
@@ -672,23 +670,15 @@ impl Worker {
                 return;
             }
         };
-        let (work, _) = vision::working_field(
-            &frame.rgb,
-            vision::Rect::whole(frame.rgb.width(), frame.rgb.height()),
-            512,
-        );
-        let q = vision::frame_quality(&work);
+        // The analysis's own frame checks (pipeline::Analyzer::judge_frame): one gate.
+        let (work, _, frame_reasons) = self.analyzer.judge_frame(&frame.rgb);
         let thumb = image::imageops::grayscale(&image::imageops::thumbnail(&work, 64, 48));
         let motion = link
             .last_thumb
             .as_ref()
             .map_or(255.0, |prev| mean_abs_diff(prev, &thumb));
         link.last_thumb = Some(thumb);
-        let good = q.mean_luma >= limits.min_mean_luma
-            && q.mean_luma <= limits.max_mean_luma
-            && q.overexposed_fraction <= limits.max_overexposed_fraction
-            && q.sharpness >= limits.min_sharpness
-            && motion <= a.max_motion;
+        let good = frame_reasons.is_empty() && motion <= a.max_motion;
         link.still_frames = if good { link.still_frames + 1 } else { 0 };
         if link.still_frames < a.stable_frames || Instant::now() < link.quiet_until {
             return;

@@ -273,16 +273,7 @@ impl Analyzer {
         let (work, scale) = vision::working_field(frame, field, WORKING_SIDE);
         let fq = vision::frame_quality(&work);
         timings.quality_ms = ms(t);
-        let mut reasons = Vec::new();
-        if fq.mean_luma < c.min_mean_luma {
-            reasons.push(Reason::TooDark);
-        }
-        if fq.mean_luma > c.max_mean_luma || fq.overexposed_fraction > c.max_overexposed_fraction {
-            reasons.push(Reason::Overexposed);
-        }
-        if fq.sharpness < c.min_sharpness {
-            reasons.push(Reason::Blurred);
-        }
+        let mut reasons = frame_reasons(c, &fq);
 
         // Segment, keep the largest lesion, fill its holes (at the working resolution).
         let t = Instant::now();
@@ -359,6 +350,30 @@ impl Analyzer {
             timings,
             mask,
         })
+    }
+
+    /// The usable field of `frame`: inside the dermatoscope's border, as the segmenter's
+    /// preprocessing crops it (the analysis takes the same box from `vision::prepare`).
+    pub fn field(&self, frame: &RgbImage) -> vision::Rect {
+        match self.segmenter.manifest.preprocessing.first() {
+            Some(model::Step::CropBorder {
+                luma_threshold,
+                min_bright_fraction,
+                min_keep,
+            }) => vision::crop_border_box(frame, *luma_threshold, *min_bright_fraction, *min_keep),
+            _ => vision::Rect::whole(frame.width(), frame.height()),
+        }
+    }
+
+    /// The frame part of the quality gate (exposure, focus) without the models: what auto
+    /// capture asks of every live frame. The same field, resolution and limits as the analysis,
+    /// so a frame auto capture takes is not then refused as blurred (and the reverse). Returns
+    /// the field at the working resolution too (auto capture measures motion on it).
+    pub fn judge_frame(&self, frame: &RgbImage) -> (RgbImage, FrameQuality, Vec<Reason>) {
+        let (work, _) = vision::working_field(frame, self.field(frame), WORKING_SIDE);
+        let q = vision::frame_quality(&work);
+        let reasons = frame_reasons(&self.config, &q);
+        (work, q, reasons)
     }
 
     /// The classifier's pass on the frame as it is gives the logits and the OOD distance; a
@@ -447,6 +462,21 @@ pub fn summary(a: &Analysis) -> String {
     }
 }
 
+/// Too dark, overexposed, blurred: the frame's own part of the quality gate.
+pub fn frame_reasons(c: &AnalysisConfig, q: &FrameQuality) -> Vec<Reason> {
+    let mut reasons = Vec::new();
+    if q.mean_luma < c.min_mean_luma {
+        reasons.push(Reason::TooDark);
+    }
+    if q.mean_luma > c.max_mean_luma || q.overexposed_fraction > c.max_overexposed_fraction {
+        reasons.push(Reason::Overexposed);
+    }
+    if q.sharpness < c.min_sharpness {
+        reasons.push(Reason::Blurred);
+    }
+    reasons
+}
+
 pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let z: Vec<f64> = logits
         .iter()
@@ -456,4 +486,51 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
     let s: f64 = e.iter().sum();
     e.iter().map(|v| (v / s) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analyzer() -> Analyzer {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        Analyzer::load(&models, "float32", AnalysisConfig::default()).unwrap()
+    }
+
+    /// One gate: auto capture's verdict on a frame is the analysis's, on sharp, dark, blurred
+    /// and overexposed versions of a real dermoscopic frame inside a black dermatoscope border.
+    #[test]
+    fn auto_capture_and_analysis_judge_a_frame_alike() {
+        let a = analyzer();
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/samples/ISIC_0001100.jpg");
+        let lesion = image::open(sample).unwrap().to_rgb8();
+        let mut framed = RgbImage::new(lesion.width() + 120, lesion.height() + 80);
+        image::imageops::overlay(&mut framed, &lesion, 60, 40);
+        let dark = image::imageops::brighten(&framed, -120);
+        let bright = image::imageops::brighten(&framed, 150);
+        let blurred = image::imageops::blur(&framed, 6.0);
+        let mut seen = Vec::new();
+        for (name, frame) in [
+            ("framed", &framed),
+            ("dark", &dark),
+            ("bright", &bright),
+            ("blurred", &blurred),
+        ] {
+            let (_, q, reasons) = a.judge_frame(frame);
+            let full = a.analyze_frame(frame, name, Timings::default()).unwrap();
+            assert_eq!(q, full.quality.frame, "{name}");
+            let frame_part: Vec<Reason> = full
+                .recapture_reasons
+                .iter()
+                .copied()
+                .filter(|r| matches!(r, Reason::TooDark | Reason::Overexposed | Reason::Blurred))
+                .collect();
+            assert_eq!(reasons, frame_part, "{name}");
+            seen.extend(reasons);
+        }
+        // the versions do exercise the checks
+        for r in [Reason::TooDark, Reason::Overexposed, Reason::Blurred] {
+            assert!(seen.contains(&r), "{r:?} never raised");
+        }
+    }
 }

@@ -485,3 +485,91 @@ pub fn find(dir: &Path, task: &str, precision: &str) -> Result<PathBuf, ModelErr
         what: format!("{task} ({precision})"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn shipped(name: &str) -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name);
+        serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The manifest rules the device checks itself (beyond the schema the trainer validates):
+    /// each broken copy of a shipped manifest is refused with a message naming the problem.
+    #[test]
+    fn manifest_rules_refuse_what_the_device_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |v: &Value| {
+            let p = dir.path().join("m.json");
+            fs::write(&p, v.to_string()).unwrap();
+            Manifest::read(&p).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let cls = shipped("classifier-f32.json");
+        let seg = shipped("segmenter-f32.json");
+        assert_eq!(read(&cls), Ok(()));
+        assert_eq!(read(&seg), Ok(()));
+        type Edit = fn(&mut Value);
+        let cases: [(&Value, Edit, &str); 11] = [
+            (
+                &cls,
+                |m| m["schema_version"] = json!(2),
+                "schema_version 2 is not supported",
+            ),
+            (&cls, |m| m["opset"] = json!(11), "opset 11 is below 13"),
+            (
+                &cls,
+                |m| m["input"]["shape"] = json!([2, 3, 224, 224]),
+                "is not [1, 3, H, W]",
+            ),
+            (
+                &cls,
+                |m| m["input"]["layout"] = json!("NHWC"),
+                "input must be NCHW RGB",
+            ),
+            (
+                &cls,
+                |m| m["preprocessing"].as_array_mut().unwrap().reverse(),
+                "must end with normalize",
+            ),
+            (
+                &cls,
+                |m| m["preprocessing"][1]["width"] = json!(200),
+                "must resize to the input's 224x224",
+            ),
+            (&cls, |m| m["classes"][0] = json!("NV"), "classes must be"),
+            (
+                &cls,
+                |m| m["calibration"]["temperature"] = json!(0),
+                "temperature must be > 0",
+            ),
+            (
+                &cls,
+                |m| m["ood"]["threshold"] = json!(-1),
+                "ood.threshold must be a number > 0",
+            ),
+            (
+                &cls,
+                |m| m["ood"]["output"] = json!("logits"),
+                "second graph output",
+            ),
+            (
+                &seg,
+                |m| m["output"]["activation"] = json!("softmax"),
+                "sigmoid logits",
+            ),
+        ];
+        for (base, edit, want) in cases {
+            let mut m = base.clone();
+            edit(&mut m);
+            let err = read(&m).unwrap_err();
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+        let mut unknown = cls.clone();
+        unknown["colour"] = json!("red");
+        assert!(read(&unknown).unwrap_err().contains("unknown field"));
+    }
+}

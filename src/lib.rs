@@ -3,7 +3,8 @@
 //! - [`model`]: manifests (the trainer's contract), verified loading into tract.
 //! - [`vision`]: decoding, the manifest's preprocessing steps, quality, masks, measurements.
 //! - [`pipeline`]: one frame to one [`pipeline::Analysis`] (the device's result contract).
-//! - [`capture`]: V4L2 cameras, frame conversion, reconnect backoff.
+//! - [`capture`]: V4L2 cameras, frame conversion, device listing.
+//! - [`backoff`]: the reconnect schedule (exponential backoff, pure).
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`store`]: SQLite (captures, results, outbox) and the saved images.
 //! - [`message`]: the stored, published and exported result message (JSON, CSV row).
@@ -15,6 +16,7 @@
 //! - [`cli`]: the `dermaedge` command line.
 #![deny(unsafe_code)]
 
+pub mod backoff;
 pub mod bench;
 pub mod capture;
 pub mod cli;

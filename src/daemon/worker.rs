@@ -1,350 +1,55 @@
-//! `dermaedge run`: the service. Wires the worker (capture + analysis + storage, on its own
-//! thread), the publisher (MQTT), the local control socket, systemd notifications and the
-//! shutdown sequence.
-//!
-//! Shutdown, on SIGTERM or SIGINT: triggers stop being accepted, the worker finishes the
-//! capture in hand and records it, the publisher delivers what it can for a few seconds, says
-//! `offline` and disconnects, and the process exits 0. Everything not yet delivered stays in the
-//! outbox for the next start.
+//! The worker thread: takes jobs (remote and local captures, folder files, auto capture),
+//! keeps the camera link, analyzes, and records each capture, its result and its outbox row
+//! in the store; applies retention.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use image::{GrayImage, RgbImage};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, Notify};
 
 use crate::capture::{Camera, Frame, Reconnect};
 use crate::config::{Config, SourceKind};
-use crate::control::{CaptureRequest, Commands, Job, Link, Trigger, WorkerStatus};
+use crate::control::{CaptureRequest, Job, Trigger, WorkerStatus};
 use crate::pipeline::{Analysis, Analyzer, Reason, Status, Timings};
-use crate::publish::{self, Publisher};
 use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
 
-/// Options of `dermaedge run` beyond the config file.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Folder source: stop when every file present has been analyzed (and, with a broker,
-    /// delivered), instead of watching for more.
-    pub once: bool,
-}
-
-/// Run the service until SIGTERM/SIGINT (or, with `once`, until the folder is done).
-pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime ({e})"))?;
-    runtime.block_on(serve(Arc::new(config), options))
-}
-
-async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
-    let started = Instant::now();
-    publish::check_tls(&config)?;
-    crate::model::set_threads(config.threads);
-    let db = config.database_path();
-    let store = Store::open(&db, &config.images_dir()).map_err(|e| e.to_string())?;
-    let analyzer = Analyzer::load(&config.models, &config.precision, config.analysis_config())
-        .map_err(|e| e.to_string())?;
-
-    let (jobs_tx, jobs_rx) = sync_channel::<Job>(config.queue);
-    let outbox = Arc::new(Notify::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(Mutex::new(WorkerStatus::default()));
-    let (ready_tx, ready_rx) = oneshot::channel::<String>();
-    let worker = Worker::new(
-        config.clone(),
-        analyzer,
-        store,
-        outbox.clone(),
-        stop.clone(),
-        status.clone(),
-        options.once,
-    );
-    let worker = std::thread::Builder::new()
-        .name("worker".into())
-        .spawn(move || worker.run(jobs_rx, ready_tx))
-        .map_err(|e| format!("cannot start the worker thread ({e})"))?;
-    let Ok(ready) = ready_rx.await else {
-        return match worker.join() {
-            Ok(Err(e)) => Err(e),
-            _ => Err("the worker stopped during start-up".into()),
-        };
-    };
-
-    let (link_tx, link_rx) = watch::channel(if config.mqtt.host.is_some() {
-        Link::Connecting
-    } else {
-        Link::Disabled
-    });
-    let commands = Commands {
-        jobs: jobs_tx,
-        queue: config.queue,
-        max_bytes: config.mqtt.max_command_bytes,
-        status,
-        link: link_rx,
-        database: db.clone(),
-        device_id: config.device_id.clone(),
-    };
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let publisher = match &config.mqtt.host {
-        Some(_) => {
-            let store = Store::open(&db, &config.images_dir()).map_err(|e| e.to_string())?;
-            store.relax_durability().map_err(|e| e.to_string())?;
-            let flush = if options.once {
-                Duration::from_secs(60)
-            } else {
-                Duration::from_secs(5)
-            };
-            let p = Publisher::new(
-                config.clone(),
-                store,
-                outbox.clone(),
-                commands.clone(),
-                link_tx,
-                shutdown_rx.clone(),
-                flush,
-            );
-            Some(tokio::spawn(p.run()))
-        }
-        None => None,
-    };
-    let socket = if config.socket.as_os_str().is_empty() {
-        None
-    } else {
-        let listener = bind_socket(&config.socket)?;
-        Some(tokio::spawn(serve_socket(
-            listener,
-            commands.clone(),
-            shutdown_rx.clone(),
-        )))
-    };
-    drop(commands);
-
-    log::info!("ready in {} ms: {ready}", started.elapsed().as_millis());
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&ready),
-    ]);
-
-    let worker_done = tokio::task::spawn_blocking(move || worker.join());
-    tokio::pin!(worker_done);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch SIGTERM ({e})"))?;
-    let worker_result = tokio::select! {
-        r = &mut worker_done => Some(r),
-        _ = sigterm.recv() => None,
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    stop.store(true, Ordering::SeqCst);
-    let worker_result = match worker_result {
-        Some(r) => r,
-        None => {
-            log::info!("stopping: finishing the capture in hand");
-            worker_done.await
-        }
-    };
-    let _ = shutdown_tx.send(true);
-    if let Some(p) = publisher {
-        let _ = p.await;
-    }
-    if let Some(s) = socket {
-        let _ = s.await;
-        let _ = fs::remove_file(&config.socket);
-    }
-    let summary = Store::open_read_only(&db)
-        .and_then(|s| s.counts())
-        .map(|(c, r, p)| {
-            format!(
-                "{c} captures, {r} results in {} ({p} not yet delivered)",
-                db.display()
-            )
-        })
-        .unwrap_or_default();
-    log::info!("stopped: {summary}");
-    match worker_result {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e),
-        _ => Err("the worker thread failed".into()),
-    }
-}
-
-fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)
-            .map_err(|e| format!("socket: {}: cannot create the folder ({e})", dir.display()))?;
-    }
-    // A socket left by a killed daemon: nobody answers on it, so it can go.
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "socket: {}: another dermaedge is running with this socket; stop it or set another path",
-            path.display()
-        ));
-    }
-    let _ = fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| format!("socket: {}: cannot listen ({e})", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("socket: {}: cannot make it private ({e})", path.display()))?;
-    Ok(listener)
-}
-
-/// One JSON line per connection: `{"command": "capture", ...body}`; one JSON line back.
-async fn serve_socket(
-    listener: tokio::net::UnixListener,
-    commands: Commands,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let stream = tokio::select! {
-            s = listener.accept() => match s {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    log::warn!("socket: {e}");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let commands = commands.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let limit = commands.max_bytes as u64 + 256;
-            let answer = match BufReader::new(read.take(limit)).read_line(&mut line).await {
-                Ok(_) => socket_command(&commands, &line).await,
-                Err(e) => json!({"ok": false, "error": format!("cannot read the request ({e})")}),
-            };
-            let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
-        });
-    }
-}
-
-async fn socket_command(commands: &Commands, line: &str) -> Value {
-    let mut obj = match serde_json::from_str::<Value>(line) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => return json!({"ok": false, "error": "the request must be a JSON object"}),
-        Err(e) => return json!({"ok": false, "error": format!("invalid request JSON: {e}")}),
-    };
-    let Some(Value::String(name)) = obj.remove("command") else {
-        return json!({"ok": false, "error": "the request needs \"command\": \"capture\" or \"status\""});
-    };
-    let body = Value::Object(obj).to_string();
-    commands.handle_from(&name, body.as_bytes(), true).await
-}
-
-/// Files of a watched folder, taken once their size and time stop changing.
-struct FolderWatch {
-    path: PathBuf,
-    every: Duration,
-    next_scan: Instant,
-    seen: HashSet<String>,
-    sizes: HashMap<PathBuf, String>,
-    /// Files whose capture could not be recorded (disk full...): retried after a pause.
-    retry_at: HashMap<String, Instant>,
-    warned: bool,
-}
-
-fn is_image_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !name.starts_with('.')
-        && [".jpg", ".jpeg", ".png"]
-            .iter()
-            .any(|ext| lower.ends_with(ext))
-}
-
-impl FolderWatch {
-    /// Files ready to analyze now, by name.
-    fn scan(&mut self) -> Vec<(PathBuf, String)> {
-        self.next_scan = Instant::now() + self.every;
-        let entries = match fs::read_dir(&self.path) {
-            Ok(e) => {
-                self.warned = false;
-                e
-            }
-            Err(e) => {
-                if !self.warned {
-                    log::warn!(
-                        "folder.path: {}: cannot read ({e}); watching for it",
-                        self.path.display()
-                    );
-                    self.warned = true;
-                }
-                return Vec::new();
-            }
-        };
-        let mut ready = Vec::new();
-        let mut sizes = HashMap::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() || !is_image_name(&name) {
-                continue;
-            }
-            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            let nanos = mtime
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let key = format!("{name}|{}|{nanos}", meta.len());
-            if self.seen.contains(&key)
-                || self.retry_at.get(&key).is_some_and(|t| Instant::now() < *t)
-            {
-                continue;
-            }
-            // Still being copied? Take it when unchanged since the last scan, or old enough.
-            let settled = SystemTime::now()
-                .duration_since(mtime)
-                .is_ok_and(|age| age > Duration::from_secs(2));
-            let path = entry.path();
-            if settled || self.sizes.get(&path) == Some(&key) {
-                ready.push((path, key));
-            } else {
-                sizes.insert(path, key);
-            }
-        }
-        self.sizes = sizes;
-        ready.sort();
-        ready
-    }
-}
+use super::folder::*;
 
 /// The camera, opened on demand and reopened with backoff when it goes away.
-struct CameraLink {
-    camera: Option<Camera>,
-    reconnect: Reconnect,
-    last_error: Option<String>,
+pub(crate) struct CameraLink {
+    pub(crate) camera: Option<Camera>,
+    pub(crate) reconnect: Reconnect,
+    pub(crate) last_error: Option<String>,
     /// Auto capture: consecutive good frames, the last thumbnail, cooldown.
-    still_frames: u32,
-    last_thumb: Option<GrayImage>,
-    quiet_until: Instant,
+    pub(crate) still_frames: u32,
+    pub(crate) last_thumb: Option<GrayImage>,
+    pub(crate) quiet_until: Instant,
 }
 
 /// Capture, analysis and storage, on one thread (inference is CPU-bound and must not block
 /// the async reactor). Pings the systemd watchdog from its loop: a hung worker gets restarted.
-struct Worker {
-    config: Arc<Config>,
-    analyzer: Analyzer,
-    store: Store,
-    outbox: Arc<Notify>,
-    stop: Arc<AtomicBool>,
-    status: Arc<Mutex<WorkerStatus>>,
-    once: bool,
-    folder: Option<FolderWatch>,
-    camera: Option<CameraLink>,
-    next_retention: Instant,
-    last_ping: Instant,
+pub(crate) struct Worker {
+    pub(crate) config: Arc<Config>,
+    pub(crate) analyzer: Analyzer,
+    pub(crate) store: Store,
+    pub(crate) outbox: Arc<Notify>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) status: Arc<Mutex<WorkerStatus>>,
+    pub(crate) once: bool,
+    pub(crate) folder: Option<FolderWatch>,
+    pub(crate) camera: Option<CameraLink>,
+    pub(crate) next_retention: Instant,
+    pub(crate) last_ping: Instant,
 }
 
 /// The answer to a trigger and what the log says.
-fn outcome_json(id: &str, a: &Analysis) -> Value {
+pub(crate) fn outcome_json(id: &str, a: &Analysis) -> Value {
     json!({
         "ok": true,
         "id": id,
@@ -357,7 +62,7 @@ fn outcome_json(id: &str, a: &Analysis) -> Value {
 }
 
 impl Worker {
-    fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         analyzer: Analyzer,
         store: Store,
@@ -382,7 +87,11 @@ impl Worker {
         }
     }
 
-    fn run(mut self, jobs: Receiver<Job>, ready: oneshot::Sender<String>) -> Result<(), String> {
+    pub(crate) fn run(
+        mut self,
+        jobs: Receiver<Job>,
+        ready: oneshot::Sender<String>,
+    ) -> Result<(), String> {
         let description = self.start()?;
         crate::sys::release_free_memory();
         let _ = ready.send(description);
@@ -427,7 +136,7 @@ impl Worker {
     }
 
     /// Open what the source needs; returns the description for READY.
-    fn start(&mut self) -> Result<String, String> {
+    pub(crate) fn start(&mut self) -> Result<String, String> {
         let c = self.config.clone();
         let (captures, results, pending) = self.store.counts().map_err(|e| e.to_string())?;
         let mut parts = vec![format!(
@@ -479,13 +188,13 @@ impl Worker {
         Ok(parts.join("; "))
     }
 
-    fn set_status(&self, f: impl FnOnce(&mut WorkerStatus)) {
+    pub(crate) fn set_status(&self, f: impl FnOnce(&mut WorkerStatus)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
         }
     }
 
-    fn ping_watchdog(&mut self) {
+    pub(crate) fn ping_watchdog(&mut self) {
         if self.last_ping.elapsed() >= Duration::from_secs(1) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             self.last_ping = Instant::now();
@@ -494,7 +203,7 @@ impl Worker {
 
     /// Scan the watched folder when due and analyze what is ready. Some(true): a scan found
     /// nothing left to do.
-    fn watch_folder(&mut self) -> Option<bool> {
+    pub(crate) fn watch_folder(&mut self) -> Option<bool> {
         let folder = self.folder.as_mut()?;
         if Instant::now() < folder.next_scan {
             return Some(false);
@@ -553,12 +262,12 @@ impl Worker {
         Some(false)
     }
 
-    fn capture_job(&mut self, job: Job) {
+    pub(crate) fn capture_job(&mut self, job: Job) {
         let answer = self.capture(job.trigger, &job.request);
         let _ = job.reply.send(answer);
     }
 
-    fn capture(&mut self, trigger: Trigger, request: &CaptureRequest) -> Value {
+    pub(crate) fn capture(&mut self, trigger: Trigger, request: &CaptureRequest) -> Value {
         let context = request.context();
         let result = if let Some(file) = &request.file {
             let name = file
@@ -598,7 +307,7 @@ impl Worker {
         }
     }
 
-    fn grab_frame(&mut self) -> Result<Frame, String> {
+    pub(crate) fn grab_frame(&mut self) -> Result<Frame, String> {
         let config = self.config.clone();
         let Some(link) = self.camera.as_mut() else {
             return Err(
@@ -627,7 +336,7 @@ impl Worker {
         }
     }
 
-    fn keep_camera(&mut self) {
+    pub(crate) fn keep_camera(&mut self) {
         let config = self.config.clone();
         if let Some(link) = self.camera.as_mut() {
             if link.camera.is_none() && link.reconnect.ready(Instant::now()) {
@@ -642,14 +351,14 @@ impl Worker {
         }
     }
 
-    fn auto_capture_live(&self) -> bool {
+    pub(crate) fn auto_capture_live(&self) -> bool {
         self.config.auto_capture.enabled && self.camera.as_ref().is_some_and(|l| l.camera.is_some())
     }
 
     /// Watch the live stream; fire when `stable_frames` frames in a row are sharp, well
     /// exposed and still. The analysis decides whether a lesion is in view: a frame without
     /// one is not stored.
-    fn auto_capture(&mut self) {
+    pub(crate) fn auto_capture(&mut self) {
         if !self.auto_capture_live() {
             return;
         }
@@ -698,7 +407,7 @@ impl Worker {
         }
     }
 
-    fn retention(&mut self) {
+    pub(crate) fn retention(&mut self) {
         if Instant::now() < self.next_retention {
             return;
         }
@@ -714,7 +423,7 @@ impl Worker {
         }
     }
 
-    fn record_failure(
+    pub(crate) fn record_failure(
         &mut self,
         name: &str,
         source: &str,
@@ -741,7 +450,7 @@ impl Worker {
     /// Analyze, save the images, record capture + result + outbox in one transaction, wake
     /// the publisher. An input that cannot be analyzed is recorded with its error (Ok with
     /// `ok: false`); Err means nothing could be recorded.
-    fn analyze_and_record(
+    pub(crate) fn analyze_and_record(
         &mut self,
         input: Input,
         name: &str,
@@ -877,12 +586,12 @@ impl Worker {
     }
 }
 
-enum Input {
+pub(crate) enum Input {
     Bytes(Vec<u8>),
     Frame(Frame),
 }
 
-fn encode_jpeg(rgb: &RgbImage) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_jpeg(rgb: &RgbImage) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
         .encode_image(rgb)
@@ -890,7 +599,7 @@ fn encode_jpeg(rgb: &RgbImage) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn mean_abs_diff(a: &GrayImage, b: &GrayImage) -> f32 {
+pub(crate) fn mean_abs_diff(a: &GrayImage, b: &GrayImage) -> f32 {
     if a.dimensions() != b.dimensions() {
         return 255.0;
     }
@@ -904,7 +613,7 @@ fn mean_abs_diff(a: &GrayImage, b: &GrayImage) -> f32 {
     sum as f32 / n
 }
 
-fn open_camera(config: &Config, link: &mut CameraLink) {
+pub(crate) fn open_camera(config: &Config, link: &mut CameraLink) {
     match Camera::open(&config.camera) {
         Ok(cam) => {
             log::info!("camera: {}", cam.description());
@@ -923,98 +632,11 @@ fn open_camera(config: &Config, link: &mut CameraLink) {
     }
 }
 
-fn lose_camera(link: &mut CameraLink, why: &str) {
+pub(crate) fn lose_camera(link: &mut CameraLink, why: &str) {
     log::warn!("camera lost ({why}); reconnecting");
     link.camera = None;
     link.last_thumb = None;
     link.still_frames = 0;
     link.reconnect.on_failure(Instant::now());
     link.last_error = Some(why.to_string());
-}
-
-/// `dermaedge capture`/`status`: send one request to a running daemon's control socket.
-pub fn control(socket: &Path, request: &Value, wait: Duration) -> Result<Value, String> {
-    use std::io::{BufRead, Write};
-    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "{}: cannot connect ({e}); is `dermaedge run` running, and is this its `socket`?",
-            socket.display()
-        )
-    })?;
-    stream
-        .set_read_timeout(Some(wait))
-        .map_err(|e| e.to_string())?;
-    let mut writer = &stream;
-    writeln!(writer, "{request}").map_err(|e| format!("{}: {e}", socket.display()))?;
-    let mut line = String::new();
-    std::io::BufReader::new(&stream)
-        .read_line(&mut line)
-        .map_err(|e| format!("{}: no answer ({e})", socket.display()))?;
-    serde_json::from_str(&line).map_err(|e| format!("{}: bad answer ({e})", socket.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capture_requests_are_checked() {
-        let r =
-            CaptureRequest::parse(br#"{"lesion_id":"L7","age":54,"sex":"female"}"#, false).unwrap();
-        assert_eq!(r.lesion_id.as_deref(), Some("L7"));
-        assert_eq!(r.context().unwrap()["sex"], "female");
-        assert_eq!(
-            CaptureRequest::parse(b"", false).unwrap(),
-            CaptureRequest::default()
-        );
-        assert!(CaptureRequest::default().context().is_none());
-        for (body, word) in [
-            (&br#"{"name":"Jane Doe"}"#[..], "unknown field `name`"),
-            (br#"{"age":500}"#, "age"),
-            (br#"{"sex":"x"}"#, "sex"),
-            (br#"{"lesion_id":""}"#, "lesion_id"),
-            (br#"{"file":"/etc/shadow"}"#, "local"),
-            (br#"{"#, "invalid"),
-            (b"\xff\xfe", "UTF-8"),
-        ] {
-            let e = CaptureRequest::parse(body, false).unwrap_err();
-            assert!(e.contains(word), "{e}");
-        }
-        assert!(CaptureRequest::parse(br#"{"file":"/tmp/x.jpg"}"#, true).is_ok());
-    }
-
-    #[test]
-    fn folder_scan_takes_settled_image_files_once() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("a.jpg"), b"x").unwrap();
-        fs::write(dir.path().join("notes.txt"), b"x").unwrap();
-        fs::write(dir.path().join(".hidden.jpg"), b"x").unwrap();
-        let mut w = FolderWatch {
-            path: dir.path().into(),
-            every: Duration::ZERO,
-            next_scan: Instant::now(),
-            seen: HashSet::new(),
-            sizes: HashMap::new(),
-            retry_at: HashMap::new(),
-            warned: false,
-        };
-        // New file: not yet (it may still be growing); unchanged at the next scan: ready.
-        assert!(w.scan().is_empty());
-        let ready = w.scan();
-        assert_eq!(ready.len(), 1);
-        w.seen.insert(ready[0].1.clone());
-        assert!(w.scan().is_empty());
-        // Rewritten with other content: a new file.
-        fs::write(dir.path().join("a.jpg"), b"xyz").unwrap();
-        w.scan();
-        assert_eq!(w.scan().len(), 1);
-    }
-
-    #[test]
-    fn motion_is_mean_absolute_difference() {
-        let a = GrayImage::from_pixel(4, 4, image::Luma([10]));
-        let b = GrayImage::from_pixel(4, 4, image::Luma([14]));
-        assert_eq!(mean_abs_diff(&a, &b), 4.0);
-        assert_eq!(mean_abs_diff(&a, &GrayImage::new(2, 2)), 255.0);
-    }
 }

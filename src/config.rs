@@ -251,6 +251,15 @@ impl Config {
 
     /// Value checks the types cannot express. The message names the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_service()?;
+        self.camera.validate()?;
+        self.check_triggers()?;
+        self.check_analysis()?;
+        self.check_mqtt()
+    }
+
+    /// Identity, model variant, threads, queue, state directory.
+    fn check_service(&self) -> Result<(), String> {
         let id_ok = !self.device_id.is_empty()
             && self.device_id.len() <= 64
             && self
@@ -274,7 +283,11 @@ impl Config {
         if self.state_dir.as_os_str().is_empty() {
             return Err("state_dir: must not be empty".into());
         }
-        self.camera.validate()?;
+        Ok(())
+    }
+
+    /// Auto capture and the watched folder.
+    fn check_triggers(&self) -> Result<(), String> {
         let a = &self.auto_capture;
         check_range(
             "auto_capture.stable_frames",
@@ -294,6 +307,11 @@ impl Config {
                 return Err("folder.path: must name the folder to watch".into());
             }
         }
+        Ok(())
+    }
+
+    /// The quality gate's limits and the decode limits.
+    fn check_analysis(&self) -> Result<(), String> {
         let an = &self.analysis;
         check_range("analysis.max_pixels", an.max_pixels as f64, 1024.0, 1e9)?;
         if let Some(p) = an.pixel_pitch_um {
@@ -318,6 +336,12 @@ impl Config {
             0.0,
             1.0,
         )?;
+        Ok(())
+    }
+
+    /// The broker, topics, TLS and credentials; secret and certificate files are read here so
+    /// a bad one stops the start (and `check-config`) with its key's name.
+    fn check_mqtt(&self) -> Result<(), String> {
         let m = &self.mqtt;
         if let Some(host) = &m.host {
             if host.trim().is_empty() {

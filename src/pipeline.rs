@@ -231,7 +231,16 @@ impl Analyzer {
         model: &Model,
         input: tract_onnx::prelude::Tensor,
     ) -> Result<Vec<f32>, AnalyzeError> {
-        model.run(input).map_err(|e| AnalyzeError::Inference {
+        Ok(self.infer_all(model, input)?.swap_remove(0))
+    }
+
+    /// Every output the manifest names (the classifier's logits, then its OOD distance).
+    fn infer_all(
+        &self,
+        model: &Model,
+        input: tract_onnx::prelude::Tensor,
+    ) -> Result<Vec<Vec<f32>>, AnalyzeError> {
+        model.run_all(input).map_err(|e| AnalyzeError::Inference {
             model: model.path.display().to_string(),
             msg: format!("{e:#}"),
         })
@@ -393,13 +402,7 @@ impl Analyzer {
             Some(mask),
             seg_border.map(|step| (step, field)),
         );
-        let mut outputs = self
-            .classifier
-            .run_all(prepared.tensor(false))
-            .map_err(|e| AnalyzeError::Inference {
-                model: self.classifier.path.display().to_string(),
-                msg: format!("{e:#}"),
-            })?;
+        let mut outputs = self.infer_all(&self.classifier, prepared.tensor(false))?;
         let distance = outputs.get(1).and_then(|d| d.first().copied());
         if let (Some(ood), Some(d)) = (&m.ood, distance) {
             // NaN counts as out of distribution: no number, no diagnosis.

@@ -30,6 +30,27 @@ fn samples() -> Vec<String> {
     v
 }
 
+/// `dermaedge analyze --json` with `extra` arguments on `images`: it must succeed; one result
+/// per image, parsed.
+fn analyze_json(extra: &[&str], images: &[String]) -> Vec<Value> {
+    let mut args = vec!["analyze", "--json"];
+    args.extend_from_slice(extra);
+    args.extend(images.iter().map(String::as_str));
+    let out = dermaedge(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), images.len());
+    results
+}
+
 fn result_schema() -> jsonschema::Validator {
     let text = std::fs::read_to_string(common::repo().join("docs/result.schema.json")).unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
@@ -38,23 +59,8 @@ fn result_schema() -> jsonschema::Validator {
 #[test]
 fn analyze_samples_as_json_valid_against_the_schema() {
     let images = samples();
-    let args: Vec<&str> = ["analyze", "--json"]
-        .into_iter()
-        .chain(images.iter().map(String::as_str))
-        .collect();
-    let out = dermaedge(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lines = analyze_json(&[], &images);
     let schema = result_schema();
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), images.len());
     let mut ok = 0;
     for r in &lines {
         let errors: Vec<String> = schema
@@ -117,21 +123,8 @@ fn colour_bars_and_wallpapers_get_no_classification() {
         images.push(w.to_string());
     }
     for precision in ["float32", "int8"] {
-        let mut args = vec!["analyze", "--json", "--precision", precision];
-        args.extend(images.iter().map(String::as_str));
-        let out = dermaedge(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let results = analyze_json(&["--precision", precision], &images);
         let schema = result_schema();
-        let results: Vec<Value> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(results.len(), images.len());
         for r in &results {
             assert!(
                 schema.is_valid(r),

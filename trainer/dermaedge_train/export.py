@@ -204,7 +204,8 @@ def ood_nodes(path: Path) -> list[str]:
 
 
 def check_ood_parity(path: Path, xs: list[np.ndarray], torch_d: np.ndarray) -> None:
-    ort_d = np.concatenate([onnx_logits_fn(path, output=1)(x) for x in xs])
+    dist = onnx_logits_fn(path, output=1)
+    ort_d = np.concatenate([dist(x) for x in xs])
     rel = float(np.max(np.abs(ort_d - torch_d) / np.maximum(np.abs(torch_d), 1e-6)))
     if rel >= OOD_TOLERANCE:
         raise ExportError(
@@ -463,6 +464,7 @@ def write_reference(
     """Reference inputs (exact uint8 PNGs before normalize) and onnxruntime outputs."""
     cases = []
     norm = steps[-1]
+    dist = onnx_logits_fn(model_path, output=1) if task == "classification" else None
     for image in images:
         img = load_rgb(Path(image))
         # Lesion crops need the segmenter's mask; references cover the mask-free steps.
@@ -478,7 +480,7 @@ def write_reference(
         }
         if task == "classification":
             case["output"] = [float(v) for v in logits.ravel()]
-            case["ood_distance"] = float(onnx_logits_fn(model_path, output=1)(x).ravel()[0])
+            case["ood_distance"] = float(dist(x).ravel()[0])
         else:
             stride = 8
             case["output_stride"] = stride

@@ -9,13 +9,13 @@ use std::time::Instant;
 use image::imageops::FilterType;
 use serde::Serialize;
 
-use crate::model;
+use crate::model::{self, Precision};
 use crate::pipeline::{AnalysisConfig, Analyzer, Timings};
 use crate::vision;
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
-    pub precision: String,
+    pub precision: Precision,
     pub threads: usize,
     pub iterations: usize,
     pub frame: (u32, u32),
@@ -60,7 +60,7 @@ pub fn frame_jpeg(image: &Path) -> Result<Vec<u8>, String> {
 
 pub fn run(
     models: &Path,
-    precision: &str,
+    precision: Precision,
     threads: usize,
     iterations: usize,
     image: &Path,
@@ -125,7 +125,7 @@ pub fn run(
         .as_ref()
         .is_some_and(|t| t.horizontal_flip);
     Ok(BenchReport {
-        precision: precision.to_string(),
+        precision,
         threads,
         iterations,
         frame: frame.dimensions(),

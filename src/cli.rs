@@ -9,11 +9,11 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::daemon;
-use crate::model::{self, CLASSES};
+use crate::model::{self, Precision, CLASSES};
 use crate::pipeline::{AnalysisConfig, Analyzer};
 use crate::store::Store;
 use crate::vision;
@@ -27,21 +27,6 @@ use crate::vision;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Precision {
-    Float32,
-    Int8,
-}
-
-impl Precision {
-    fn as_str(self) -> &'static str {
-        match self {
-            Precision::Float32 => "float32",
-            Precision::Int8 => "int8",
-        }
-    }
 }
 
 #[derive(clap::Args)]
@@ -276,7 +261,7 @@ pub fn main() -> i32 {
             image,
         } => match crate::bench::run(
             &model.models,
-            model.precision.as_str(),
+            model.precision,
             threads,
             iterations.max(1),
             &image,
@@ -309,7 +294,7 @@ fn analyze(
     masks: Option<&Path>,
     csv: Option<&Path>,
 ) -> Result<usize, String> {
-    let analyzer = Analyzer::load(&model_args.models, model_args.precision.as_str(), config)
+    let analyzer = Analyzer::load(&model_args.models, model_args.precision, config)
         .map_err(|e| e.to_string())?;
     if let Some(dir) = masks {
         fs::create_dir_all(dir)

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::capture::CameraSettings;
+use crate::model::Precision;
 use crate::pipeline::AnalysisConfig;
 use crate::vision::DecodeLimits;
 
@@ -36,8 +37,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Folder with the models and their manifests.
     pub models: PathBuf,
-    /// "float32" or "int8".
-    pub precision: String,
+    /// Which exported model variant to run: "float32" or "int8".
+    pub precision: Precision,
     /// Threads for tract's matrix products.
     pub threads: usize,
     /// The local control socket (`dermaedge capture`); empty: no socket.
@@ -134,7 +135,7 @@ impl Default for Config {
             device_id: "dermaedge".into(),
             state_dir: "/var/lib/dermaedge".into(),
             models: "/usr/share/dermaedge/models".into(),
-            precision: "float32".into(),
+            precision: Precision::Float32,
             threads: 1,
             socket: "/run/dermaedge/control.sock".into(),
             queue: 4,
@@ -270,12 +271,6 @@ impl Config {
             return Err(format!(
                 "device_id: {:?} must be 1-64 letters, digits, '-' or '_' (it becomes an MQTT topic level)",
                 self.device_id
-            ));
-        }
-        if self.precision != "float32" && self.precision != "int8" {
-            return Err(format!(
-                "precision: {:?} is not a model variant; use \"float32\" or \"int8\"",
-                self.precision
             ));
         }
         check_range("threads", self.threads as f64, 1.0, 64.0)?;
@@ -473,6 +468,15 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_precision_names_the_key_and_the_variants() {
+        let e = Config::parse("precision = \"fp16\"\n").unwrap_err();
+        assert!(
+            e.contains("precision") && e.contains("`float32` or `int8`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn wrong_type_is_named() {
         let e = Config::parse("[mqtt]\nport = \"high\"\n").unwrap_err();
         assert!(e.contains("port"), "{e}");
@@ -482,7 +486,6 @@ mod tests {
     fn bad_values_name_the_key() {
         for (text, key) in [
             ("device_id = \"a/b\"", "device_id"),
-            ("precision = \"fp16\"", "precision"),
             ("threads = 0", "threads"),
             ("[mqtt]\nport = 0", "mqtt.port"),
             ("[mqtt]\nprefix = \"a/#\"", "mqtt.prefix"),

@@ -103,24 +103,14 @@ impl CaptureRequest {
     }
 }
 
-/// What asked for a capture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What asked for a capture (stored and published by its serde name, see [`crate::wire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Trigger {
     Mqtt,
     Socket,
     Auto,
     Folder,
-}
-
-impl Trigger {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Mqtt => "mqtt",
-            Trigger::Socket => "socket",
-            Trigger::Auto => "auto",
-            Trigger::Folder => "folder",
-        }
-    }
 }
 
 /// One capture for the worker, and where its answer goes.

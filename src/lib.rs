@@ -14,6 +14,7 @@
 //! - [`bench`]: latency, load time and memory figures.
 //! - [`sys`]: peak memory and `malloc_trim`, the crate's only `unsafe`.
 //! - [`cli`]: the `dermaedge` command line.
+//! - [`wire`]: how enums become strings (their serde names, one way).
 #![deny(unsafe_code)]
 
 pub mod backoff;
@@ -30,3 +31,4 @@ pub mod publish;
 pub mod store;
 pub mod sys;
 pub mod vision;
+pub mod wire;

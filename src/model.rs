@@ -114,6 +114,21 @@ pub struct Ood {
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Which exported variant of a model: the manifest's `precision`, the config's and the CLI's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Float32,
+    Int8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::wire::name(self))
+    }
+}
+
 /// The manifest beside each .onnx. Fields the device does not act on (training, metrics) are
 /// kept as JSON for `dermaedge models`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,7 +139,7 @@ pub struct Manifest {
     pub version: String,
     pub task: String,
     pub architecture: String,
-    pub precision: String,
+    pub precision: Precision,
     pub file: String,
     pub sha256: String,
     pub opset: u32,
@@ -466,8 +481,8 @@ pub fn manifests_in(dir: &Path) -> Result<Vec<ManifestEntry>, ModelError> {
         .collect())
 }
 
-/// The manifest for `task` at `precision` in `dir` (e.g. segmentation, "float32").
-pub fn find(dir: &Path, task: &str, precision: &str) -> Result<PathBuf, ModelError> {
+/// The manifest for `task` at `precision` in `dir` (e.g. segmentation, float32).
+pub fn find(dir: &Path, task: &str, precision: Precision) -> Result<PathBuf, ModelError> {
     let mut broken = None;
     for (path, m) in manifests_in(dir)? {
         match m {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
-use crate::model::{self, Model, ModelError, CLASSES};
+use crate::model::{self, Model, ModelError, Precision, CLASSES};
 use crate::vision::{self, DecodeError, DecodeLimits, FrameQuality, Measurements};
 
 /// 2: the `not_dermoscopic` reason and `quality.ood_distance` / `ood_threshold`.
@@ -165,7 +165,7 @@ pub struct Classification {
 pub struct ModelInfo {
     pub name: String,
     pub version: String,
-    pub precision: String,
+    pub precision: Precision,
     pub sha256: String,
 }
 
@@ -211,10 +211,10 @@ fn ms(t: Instant) -> f64 {
 }
 
 impl Analyzer {
-    /// Load the segmenter and classifier of `precision` ("float32" or "int8") from `dir`.
+    /// Load the segmenter and classifier of `precision` from `dir`.
     pub fn load(
         dir: &Path,
-        precision: &str,
+        precision: Precision,
         config: AnalysisConfig,
     ) -> Result<Analyzer, ModelError> {
         let segmenter = Model::load(&model::find(dir, "segmentation", precision)?)?;
@@ -352,7 +352,7 @@ impl Analyzer {
                 .map(|m| ModelInfo {
                     name: m.manifest.name.clone(),
                     version: m.manifest.version.clone(),
-                    precision: m.manifest.precision.clone(),
+                    precision: m.manifest.precision,
                     sha256: m.manifest.sha256.clone(),
                 })
                 .collect(),
@@ -497,7 +497,7 @@ mod tests {
 
     fn analyzer() -> Analyzer {
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-        Analyzer::load(&models, "float32", AnalysisConfig::default()).unwrap()
+        Analyzer::load(&models, Precision::Float32, AnalysisConfig::default()).unwrap()
     }
 
     /// One gate: auto capture's verdict on a frame is the analysis's, on sharp, dark, blurred

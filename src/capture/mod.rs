@@ -140,13 +140,7 @@ pub enum FormatChoice {
 
 impl fmt::Display for FormatChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FormatChoice::Auto => "auto",
-            FormatChoice::Mjpeg => "mjpeg",
-            FormatChoice::Yuyv => "yuyv",
-            FormatChoice::Uyvy => "uyvy",
-            FormatChoice::Rgb24 => "rgb24",
-        })
+        f.write_str(&crate::wire::name(self))
     }
 }
 
@@ -165,12 +159,7 @@ pub enum PixelFormat {
 
 impl fmt::Display for PixelFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PixelFormat::Mjpeg => "MJPEG",
-            PixelFormat::Yuyv => "YUYV",
-            PixelFormat::Uyvy => "UYVY",
-            PixelFormat::Rgb24 => "RGB24",
-        })
+        f.write_str(&crate::wire::name(self))
     }
 }
 
@@ -443,7 +432,7 @@ impl Camera {
         (self.width, self.height)
     }
 
-    /// e.g. "/dev/video0 (HD USB Camera) MJPEG 1280x960".
+    /// e.g. "/dev/video0 (HD USB Camera) mjpeg 1280x960".
     pub fn description(&self) -> String {
         format!(
             "{} ({}) {} {}x{}",
@@ -1254,7 +1243,9 @@ mod tests {
         .iter()
         .map(ToString::to_string)
         .collect();
-        assert_eq!(names, ["MJPEG", "YUYV", "UYVY", "RGB24"]);
+        // The log says what the status JSON says (crate::wire): the serde names.
+        assert_eq!(names, ["mjpeg", "yuyv", "uyvy", "rgb24"]);
+        assert_eq!(FormatChoice::Auto.to_string(), "auto");
     }
 
     #[test]

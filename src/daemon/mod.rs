@@ -53,7 +53,7 @@ async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
     crate::model::set_threads(config.threads);
     let db = config.database_path();
     let store = Store::open(&db, &config.images_dir()).map_err(|e| e.to_string())?;
-    let analyzer = Analyzer::load(&config.models, &config.precision, config.analysis_config())
+    let analyzer = Analyzer::load(&config.models, config.precision, config.analysis_config())
         .map_err(|e| e.to_string())?;
 
     let (jobs_tx, jobs_rx) = sync_channel::<Job>(config.queue);

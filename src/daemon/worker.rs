@@ -16,8 +16,9 @@ use tokio::sync::{oneshot, Notify};
 use crate::capture::{Camera, Frame, Reconnect};
 use crate::config::{Config, SourceKind};
 use crate::control::{CaptureRequest, Job, Trigger, WorkerStatus};
-use crate::pipeline::{Analysis, Analyzer, Reason, Status, Timings};
+use crate::pipeline::{Analysis, Analyzer, Reason, Timings};
 use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
+use crate::wire;
 
 use super::folder::*;
 
@@ -300,7 +301,7 @@ impl Worker {
         match result {
             Ok(v) => v,
             Err(e) => {
-                log::warn!("capture ({}): {e}", trigger.as_str());
+                log::warn!("capture ({}): {e}", wire::name(&trigger));
                 self.set_status(|s| s.last_error = Some(e.clone()));
                 json!({"ok": false, "error": e})
             }
@@ -437,7 +438,7 @@ impl Worker {
             captured_at: now_rfc3339(),
             source: source.into(),
             source_key: key.map(Into::into),
-            trigger: trigger.as_str().into(),
+            trigger: wire::name(&trigger),
             error: Some(error),
             ..Default::default()
         };
@@ -506,7 +507,7 @@ impl Worker {
             captured_at: captured_at.clone(),
             source: source.into(),
             source_key: key.map(Into::into),
-            trigger: trigger.as_str().into(),
+            trigger: wire::name(&trigger),
             context: context.as_ref().map(Value::to_string),
             ..Default::default()
         };
@@ -550,7 +551,7 @@ impl Worker {
             device_id: &self.config.device_id,
             captured_at: &captured_at,
             source,
-            trigger: trigger.as_str(),
+            trigger: &wire::name(&trigger),
             context: context.as_ref(),
             image_sha256: &image_sha,
             media_type,
@@ -559,12 +560,7 @@ impl Worker {
             analysis: &analysis,
         });
         let result = ResultRow {
-            status: if analysis.status == Status::Ok {
-                "ok"
-            } else {
-                "recapture"
-            }
-            .into(),
+            status: wire::name(&analysis.status),
             top_class: analysis
                 .classification
                 .as_ref()

@@ -8,10 +8,12 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::control::{socket, CaptureRequest, Sex};
 use crate::daemon;
 use crate::model::{self, Precision, CLASSES};
 use crate::pipeline::{AnalysisConfig, Analyzer};
@@ -39,6 +41,21 @@ struct ModelArgs {
     precision: Precision,
 }
 
+/// What `analyze` writes besides its summary lines.
+#[derive(clap::Args)]
+struct AnalyzeOutput {
+    /// Print one JSON result per line instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Write per image into this folder: NAME.overlay.png (the lesion outline on the
+    /// image) and NAME.mask.png (the lesion mask, 0/255, the image's size).
+    #[arg(long)]
+    masks: Option<PathBuf>,
+    /// Write the probabilities in the ISIC submission format (image,MEL,...,SCC).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
 /// The running daemon's control socket.
 #[derive(clap::Args)]
 struct SocketArg {
@@ -58,16 +75,8 @@ enum Command {
         images: Vec<PathBuf>,
         #[command(flatten)]
         model: ModelArgs,
-        /// Print one JSON result per line instead of a summary.
-        #[arg(long)]
-        json: bool,
-        /// Write per image into this folder: NAME.overlay.png (the lesion outline on the
-        /// image) and NAME.mask.png (the lesion mask, 0/255, the image's size).
-        #[arg(long)]
-        masks: Option<PathBuf>,
-        /// Write the probabilities in the ISIC submission format (image,MEL,...,SCC).
-        #[arg(long)]
-        csv: Option<PathBuf>,
+        #[command(flatten)]
+        output: AnalyzeOutput,
         /// Refuse images with more pixels than this (decompression-bomb guard).
         #[arg(long, default_value_t = 50_000_000)]
         max_pixels: u64,
@@ -121,9 +130,8 @@ enum Command {
         body_site: Option<String>,
         #[arg(long)]
         age: Option<u32>,
-        /// female, male, other or unknown.
-        #[arg(long)]
-        sex: Option<String>,
+        #[arg(long, value_enum)]
+        sex: Option<Sex>,
     },
     /// Ask a running daemon how it is (over its control socket).
     Status {
@@ -155,6 +163,9 @@ enum Command {
     },
 }
 
+/// Setup errors (a config, the models, a database, an output file): printed, exit status 2.
+type Failure = Box<dyn std::error::Error>;
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let level = if matches!(cli.command, Command::Run { .. }) {
@@ -163,32 +174,25 @@ pub fn main() -> i32 {
         "warn"
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
-    match cli.command {
-        Command::Run { config, demo, once } => report(run(config.as_deref(), demo, once)),
-        Command::CheckConfig { file } => match Config::from_file(&file) {
-            Ok(c) => {
-                println!(
-                    "{}: ok (device {}, source {:?}, mqtt {})",
-                    file.display(),
-                    c.device_id,
-                    c.source,
-                    c.mqtt.host.as_deref().unwrap_or("off")
-                );
-                0
-            }
-            Err(e) => report(Err(e)),
-        },
-        Command::Devices => {
-            let lines = crate::capture::list_devices();
-            if lines.is_empty() {
-                eprintln!("dermaedge: no V4L2 capture devices (/dev/video*); is the dermatoscope plugged in?");
-                return 1;
-            }
-            for l in lines {
-                println!("{l}");
-            }
-            0
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dermaedge: {e}");
+            2
         }
+    }
+}
+
+/// The exit status: 0 done, 1 done but something was refused or failed (an image, a
+/// command, no camera); setup errors are Err.
+fn dispatch(command: Command) -> Result<i32, Failure> {
+    match command {
+        Command::Run { config, demo, once } => {
+            run(config.as_deref(), demo, once)?;
+            Ok(0)
+        }
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Devices => Ok(devices()),
         Command::Capture {
             socket,
             file,
@@ -197,35 +201,32 @@ pub fn main() -> i32 {
             age,
             sex,
         } => {
-            let file = file.map(|f| std::path::absolute(&f).unwrap_or(f));
-            let request = serde_json::json!({
-                "command": "capture", "file": file, "lesion_id": lesion_id,
-                "body_site": body_site, "age": age, "sex": sex,
-            });
-            let request = strip_nulls(request);
-            answer(daemon::control(
-                &socket.path,
-                &request,
-                std::time::Duration::from_secs(120),
-            ))
+            let capture = CaptureRequest {
+                file: file.map(|f| std::path::absolute(&f).unwrap_or(f)),
+                lesion_id,
+                body_site,
+                age,
+                sex,
+                ..Default::default()
+            };
+            let request = socket::Request::capture(capture);
+            answer(&socket.path, &request, Duration::from_secs(120))
         }
-        Command::Status { socket } => answer(daemon::control(
+        Command::Status { socket } => answer(
             &socket.path,
-            &serde_json::json!({"command": "status"}),
-            std::time::Duration::from_secs(10),
-        )),
+            &socket::Request::status(),
+            Duration::from_secs(10),
+        ),
         Command::Results {
             db,
             since,
             json: _,
             csv,
-        } => report(export_results(&db, since.as_deref(), csv)),
+        } => export_results(&db, since.as_deref(), csv).map(|()| 0),
         Command::Analyze {
             images,
             model,
-            json,
-            masks,
-            csv,
+            output,
             max_pixels,
             pixel_pitch_um,
             no_tta,
@@ -239,50 +240,52 @@ pub fn main() -> i32 {
                 tta: !no_tta,
                 ..Default::default()
             };
-            match analyze(
-                &images,
-                &model,
-                config,
-                json,
-                masks.as_deref(),
-                csv.as_deref(),
-            ) {
-                Ok(failed) => i32::from(failed > 0),
-                Err(e) => {
-                    eprintln!("dermaedge: {e}");
-                    2
-                }
-            }
+            Ok(i32::from(analyze(&images, &model, config, &output)? > 0))
         }
         Command::Bench {
             model,
             threads,
             iterations,
             image,
-        } => match crate::bench::run(
-            &model.models,
-            model.precision,
-            threads,
-            iterations.max(1),
-            &image,
-        ) {
-            Ok(report) => {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
-                0
-            }
-            Err(e) => {
-                eprintln!("dermaedge: {e}");
-                2
-            }
-        },
-        Command::Models { models } => match list_models(&models) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("dermaedge: {e}");
-                2
-            }
-        },
+        } => {
+            let report = crate::bench::run(
+                &model.models,
+                model.precision,
+                threads,
+                iterations.max(1),
+                &image,
+            )?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(0)
+        }
+        Command::Models { models } => list_models(&models).map(|()| 0),
     }
+}
+
+fn check_config(file: &Path) -> Result<i32, Failure> {
+    let c = Config::from_file(file)?;
+    println!(
+        "{}: ok (device {}, source {:?}, mqtt {})",
+        file.display(),
+        c.device_id,
+        c.source,
+        c.mqtt.host.as_deref().unwrap_or("off")
+    );
+    Ok(0)
+}
+
+fn devices() -> i32 {
+    let lines = crate::capture::list_devices();
+    if lines.is_empty() {
+        eprintln!(
+            "dermaedge: no V4L2 capture devices (/dev/video*); is the dermatoscope plugged in?"
+        );
+        return 1;
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    0
 }
 
 /// Analyze every image; returns how many failed. Setup errors (models, output files) are Err.
@@ -290,28 +293,19 @@ fn analyze(
     images: &[PathBuf],
     model_args: &ModelArgs,
     config: AnalysisConfig,
-    json: bool,
-    masks: Option<&Path>,
-    csv: Option<&Path>,
-) -> Result<usize, String> {
-    let analyzer = Analyzer::load(&model_args.models, model_args.precision, config)
-        .map_err(|e| e.to_string())?;
-    if let Some(dir) = masks {
+    output: &AnalyzeOutput,
+) -> Result<usize, Failure> {
+    let analyzer = Analyzer::load(&model_args.models, model_args.precision, config)?;
+    if let Some(dir) = &output.masks {
         fs::create_dir_all(dir)
             .map_err(|e| format!("{}: cannot create folder ({e})", dir.display()))?;
     }
-    let mut csv_out = match csv {
-        Some(p) => {
-            let mut f =
-                fs::File::create(p).map_err(|e| format!("{}: cannot create ({e})", p.display()))?;
-            writeln!(f, "image,{}", CLASSES.join(","))
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-            Some((p, f))
-        }
-        None => None,
-    };
+    let mut csv = output
+        .csv
+        .as_deref()
+        .map(SubmissionCsv::create)
+        .transpose()?;
     let mut failed = 0;
-    let stdout = std::io::stdout();
     for path in images {
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
@@ -332,49 +326,63 @@ fn analyze(
                 continue;
             }
         };
-        let mut out = stdout.lock();
-        if json {
-            let line = serde_json::to_string(&a).map_err(|e| e.to_string())?;
-            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+        let mut out = std::io::stdout().lock();
+        if output.json {
+            writeln!(out, "{}", serde_json::to_string(&a)?)?;
         } else {
-            writeln!(out, "{}", crate::pipeline::summary(&a)).map_err(|e| e.to_string())?;
+            writeln!(out, "{}", crate::pipeline::summary(&a))?;
         }
-        if let Some(dir) = masks {
-            let stem = path
-                .file_stem()
-                .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-            let overlay = dir.join(format!("{stem}.overlay.png"));
-            vision::overlay(&frame, &a.mask)
-                .save(&overlay)
-                .map_err(|e| format!("{}: cannot write ({e})", overlay.display()))?;
-            let mask = dir.join(format!("{stem}.mask.png"));
-            a.mask
-                .save(&mask)
-                .map_err(|e| format!("{}: cannot write ({e})", mask.display()))?;
+        let stem = path
+            .file_stem()
+            .map_or_else(|| name.clone(), |s| s.to_string_lossy().into_owned());
+        if let Some(dir) = &output.masks {
+            write_masks(dir, &stem, &frame, &a.mask)?;
         }
-        if let (Some((p, f)), Some(c)) = (csv_out.as_mut(), a.classification.as_ref()) {
-            let id = path
-                .file_stem()
-                .map_or(name.clone(), |s| s.to_string_lossy().into_owned());
-            let probs: Vec<String> = c
-                .probabilities
-                .to_array()
-                .iter()
-                .map(|v| format!("{v:.8}"))
-                .collect();
-            writeln!(f, "{id},{}", probs.join(",")).map_err(|e| format!("{}: {e}", p.display()))?;
+        if let (Some(csv), Some(c)) = (csv.as_mut(), a.classification.as_ref()) {
+            csv.row(&stem, &c.probabilities)?;
         }
     }
     Ok(failed)
 }
 
-fn report(r: Result<(), String>) -> i32 {
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("dermaedge: {e}");
-            2
-        }
+/// NAME.overlay.png (the lesion outline on the image) and NAME.mask.png (0/255).
+fn write_masks(
+    dir: &Path,
+    stem: &str,
+    frame: &image::RgbImage,
+    mask: &image::GrayImage,
+) -> Result<(), String> {
+    let overlay = dir.join(format!("{stem}.overlay.png"));
+    vision::overlay(frame, mask)
+        .save(&overlay)
+        .map_err(|e| format!("{}: cannot write ({e})", overlay.display()))?;
+    let mask_path = dir.join(format!("{stem}.mask.png"));
+    mask.save(&mask_path)
+        .map_err(|e| format!("{}: cannot write ({e})", mask_path.display()))
+}
+
+/// The probabilities in the ISIC submission format (image,MEL,...,SCC).
+struct SubmissionCsv {
+    path: PathBuf,
+    file: fs::File,
+}
+
+impl SubmissionCsv {
+    fn create(path: &Path) -> Result<SubmissionCsv, String> {
+        let mut file = fs::File::create(path)
+            .map_err(|e| format!("{}: cannot create ({e})", path.display()))?;
+        writeln!(file, "image,{}", CLASSES.join(","))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(SubmissionCsv {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn row(&mut self, id: &str, p: &crate::pipeline::Probabilities) -> Result<(), String> {
+        let probs: Vec<String> = p.to_array().iter().map(|v| format!("{v:.8}")).collect();
+        writeln!(self.file, "{id},{}", probs.join(","))
+            .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
 
@@ -392,30 +400,20 @@ fn run(config: Option<&Path>, demo: bool, once: bool) -> Result<(), String> {
     daemon::run(config, daemon::RunOptions { once })
 }
 
-fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
-    match v {
-        serde_json::Value::Object(o) => o.into_iter().filter(|(_, v)| !v.is_null()).collect(),
-        other => other,
-    }
+/// Send `request`, print the daemon's answer; exit status 1 when it says `ok: false`.
+fn answer(path: &Path, request: &socket::Request, wait: Duration) -> Result<i32, Failure> {
+    let v = socket::request(path, request, wait)?;
+    println!("{v}");
+    Ok(i32::from(v["ok"] != serde_json::Value::Bool(true)))
 }
 
-/// Print a daemon's answer; exit status 1 when it says `ok: false`.
-fn answer(r: Result<serde_json::Value, String>) -> i32 {
-    match r {
-        Ok(v) => {
-            println!("{v}");
-            i32::from(v["ok"] != serde_json::Value::Bool(true))
-        }
-        Err(e) => report(Err(e)),
-    }
-}
-
-fn export_results(db: &Path, since: Option<&str>, csv: bool) -> Result<(), String> {
+fn export_results(db: &Path, since: Option<&str>, csv: bool) -> Result<(), Failure> {
     if !db.exists() {
         return Err(format!(
             "{}: no such database (set --db or DERMAEDGE_DB)",
             db.display()
-        ));
+        )
+        .into());
     }
     let since = match since {
         Some(s) => {
@@ -426,31 +424,26 @@ fn export_results(db: &Path, since: Option<&str>, csv: bool) -> Result<(), Strin
         }
         None => None,
     };
-    let store = Store::open_read_only(db).map_err(|e| e.to_string())?;
-    let messages = store
-        .messages_since(since.as_deref())
-        .map_err(|e| e.to_string())?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let w = |e: std::io::Error| e.to_string();
+    let messages = Store::open_read_only(db)?.messages_since(since.as_deref())?;
+    let mut out = std::io::stdout().lock();
     if !csv {
         for m in messages {
-            writeln!(out, "{m}").map_err(w)?;
+            writeln!(out, "{m}")?;
         }
         return Ok(());
     }
-    writeln!(out, "{}", crate::message::csv_header()).map_err(w)?;
+    writeln!(out, "{}", crate::message::csv_header())?;
     for m in messages {
-        let v: serde_json::Value = serde_json::from_str(&m).map_err(|e| e.to_string())?;
-        writeln!(out, "{}", crate::message::csv_row(&v)).map_err(w)?;
+        let v: serde_json::Value = serde_json::from_str(&m)?;
+        writeln!(out, "{}", crate::message::csv_row(&v))?;
     }
     Ok(())
 }
 
-fn list_models(dir: &Path) -> Result<(), String> {
-    let manifests = model::manifests_in(dir).map_err(|e| e.to_string())?;
+fn list_models(dir: &Path) -> Result<(), Failure> {
+    let manifests = model::manifests_in(dir)?;
     if manifests.is_empty() {
-        return Err(format!("{}: no model manifests here", dir.display()));
+        return Err(format!("{}: no model manifests here", dir.display()).into());
     }
     for (path, m) in manifests {
         match m {

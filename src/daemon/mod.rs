@@ -8,19 +8,16 @@
 //! outbox for the next start.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::Config;
-use crate::control::{Commands, Job, Link, WorkerStatus};
+use crate::control::{socket, Commands, Job, Link, WorkerStatus};
 use crate::pipeline::Analyzer;
 use crate::publish::{self, Publisher};
 use crate::store::Store;
@@ -31,7 +28,7 @@ mod worker;
 use worker::*;
 
 /// Options of `dermaedge run` beyond the config file.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
     /// Folder source: stop when every file present has been analyzed (and, with a broker,
     /// delivered), instead of watching for more.
@@ -47,88 +44,29 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     runtime.block_on(serve(Arc::new(config), options))
 }
 
+/// Start-up in order (TLS settings, database, models, worker, MQTT and socket front ends),
+/// READY, then the shutdown sequence of the module comment.
 async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
     let started = Instant::now();
     publish::check_tls(&config)?;
     crate::model::set_threads(config.threads);
-    let db = config.database_path();
-    let store = Store::open(&db, &config.images_dir()).map_err(|e| e.to_string())?;
-    let analyzer = Analyzer::load(&config.models, config.precision, config.analysis_config())
-        .map_err(|e| e.to_string())?;
-
-    let (jobs_tx, jobs_rx) = sync_channel::<Job>(config.queue);
     let outbox = Arc::new(Notify::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(Mutex::new(WorkerStatus::default()));
-    let (ready_tx, ready_rx) = oneshot::channel::<String>();
-    let worker = Worker::new(
-        config.clone(),
-        analyzer,
-        store,
-        outbox.clone(),
-        stop.clone(),
-        status.clone(),
-        options.once,
-    );
-    let worker = std::thread::Builder::new()
-        .name("worker".into())
-        .spawn(move || worker.run(jobs_rx, ready_tx))
-        .map_err(|e| format!("cannot start the worker thread ({e})"))?;
-    let Ok(ready) = ready_rx.await else {
-        return match worker.join() {
-            Ok(Err(e)) => Err(e),
-            _ => Err("the worker stopped during start-up".into()),
-        };
-    };
-
     let (link_tx, link_rx) = watch::channel(if config.mqtt.host.is_some() {
         Link::Connecting
     } else {
         Link::Disabled
     });
-    let commands = Commands {
-        jobs: jobs_tx,
-        queue: config.queue,
-        max_bytes: config.mqtt.max_command_bytes,
-        status,
-        link: link_rx,
-        database: db.clone(),
-        device_id: config.device_id.clone(),
-    };
+    let (worker, ready, commands) = start_worker(&config, options, outbox.clone(), link_rx).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let publisher = match &config.mqtt.host {
-        Some(_) => {
-            let store = Store::open(&db, &config.images_dir()).map_err(|e| e.to_string())?;
-            store.relax_durability().map_err(|e| e.to_string())?;
-            let flush = if options.once {
-                Duration::from_secs(60)
-            } else {
-                Duration::from_secs(5)
-            };
-            let p = Publisher::new(
-                config.clone(),
-                store,
-                outbox.clone(),
-                commands.clone(),
-                link_tx,
-                shutdown_rx.clone(),
-                flush,
-            );
-            Some(tokio::spawn(p.run()))
-        }
-        None => None,
-    };
-    let socket = if config.socket.as_os_str().is_empty() {
-        None
-    } else {
-        let listener = bind_socket(&config.socket)?;
-        Some(tokio::spawn(serve_socket(
-            listener,
-            commands.clone(),
-            shutdown_rx.clone(),
-        )))
-    };
-    drop(commands);
+    let publisher = start_publisher(
+        &config,
+        options,
+        outbox,
+        commands.clone(),
+        link_tx,
+        shutdown_rx.clone(),
+    )?;
+    let socket = start_socket(&config, commands, shutdown_rx)?;
 
     log::info!("ready in {} ms: {ready}", started.elapsed().as_millis());
     let _ = sd_notify::notify(&[
@@ -136,24 +74,7 @@ async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
         sd_notify::NotifyState::Status(&ready),
     ]);
 
-    let worker_done = tokio::task::spawn_blocking(move || worker.join());
-    tokio::pin!(worker_done);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch SIGTERM ({e})"))?;
-    let worker_result = tokio::select! {
-        r = &mut worker_done => Some(r),
-        _ = sigterm.recv() => None,
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    stop.store(true, Ordering::SeqCst);
-    let worker_result = match worker_result {
-        Some(r) => r,
-        None => {
-            log::info!("stopping: finishing the capture in hand");
-            worker_done.await
-        }
-    };
+    let worker_result = stop_worker(worker).await?;
     let _ = shutdown_tx.send(true);
     if let Some(p) = publisher {
         let _ = p.await;
@@ -162,7 +83,143 @@ async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
         let _ = s.await;
         let _ = fs::remove_file(&config.socket);
     }
-    let summary = Store::open_read_only(&db)
+    log::info!("stopped: {}", store_summary(&config.database_path()));
+    match worker_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the worker thread failed".into()),
+    }
+}
+
+/// The worker thread and the flag that asks it to stop.
+struct RunningWorker {
+    thread: std::thread::JoinHandle<Result<(), String>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Open the database and the models, start the worker thread and wait until it is ready
+/// (its description of what it runs comes back for READY); the commands feed it.
+async fn start_worker(
+    config: &Arc<Config>,
+    options: RunOptions,
+    outbox: Arc<Notify>,
+    link: watch::Receiver<Link>,
+) -> Result<(RunningWorker, String, Commands), String> {
+    let db = config.database_path();
+    let store = Store::open(&db, &config.images_dir()).map_err(|e| e.to_string())?;
+    let analyzer = Analyzer::load(&config.models, config.precision, config.analysis_config())
+        .map_err(|e| e.to_string())?;
+    let (jobs_tx, jobs_rx) = sync_channel::<Job>(config.queue);
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(Mutex::new(WorkerStatus::default()));
+    let (ready_tx, ready_rx) = oneshot::channel::<String>();
+    let worker = Worker::new(
+        config.clone(),
+        analyzer,
+        store,
+        outbox,
+        stop.clone(),
+        status.clone(),
+        options.once,
+    );
+    let thread = std::thread::Builder::new()
+        .name("worker".into())
+        .spawn(move || worker.run(jobs_rx, ready_tx))
+        .map_err(|e| format!("cannot start the worker thread ({e})"))?;
+    let Ok(ready) = ready_rx.await else {
+        return match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err("the worker stopped during start-up".into()),
+        };
+    };
+    let commands = Commands {
+        jobs: jobs_tx,
+        queue: config.queue,
+        max_bytes: config.mqtt.max_command_bytes,
+        status,
+        link,
+        database: db,
+        device_id: config.device_id.clone(),
+    };
+    Ok((RunningWorker { thread, stop }, ready, commands))
+}
+
+/// The MQTT publisher on its own store connection, when a broker is configured. With `once`
+/// it gets a minute to deliver what the folder run produced.
+fn start_publisher(
+    config: &Arc<Config>,
+    options: RunOptions,
+    outbox: Arc<Notify>,
+    commands: Commands,
+    link: watch::Sender<Link>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    if config.mqtt.host.is_none() {
+        return Ok(None);
+    }
+    let store =
+        Store::open(&config.database_path(), &config.images_dir()).map_err(|e| e.to_string())?;
+    store.relax_durability().map_err(|e| e.to_string())?;
+    let flush = Duration::from_secs(if options.once { 60 } else { 5 });
+    let p = Publisher::new(
+        config.clone(),
+        store,
+        outbox,
+        commands,
+        link,
+        shutdown,
+        flush,
+    );
+    Ok(Some(tokio::spawn(p.run())))
+}
+
+/// The control socket, unless `socket` is empty. Takes the last `Commands`: once the socket
+/// and the publisher are gone, the worker's job queue closes.
+fn start_socket(
+    config: &Config,
+    commands: Commands,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    if config.socket.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let listener = socket::bind(&config.socket)?;
+    Ok(Some(tokio::spawn(socket::serve(
+        listener, commands, shutdown,
+    ))))
+}
+
+/// Wait for the worker to end (`once`) or for SIGTERM/SIGINT; then ask it to stop and wait
+/// for the capture in hand to be recorded.
+async fn stop_worker(
+    worker: RunningWorker,
+) -> Result<std::thread::Result<Result<(), String>>, String> {
+    let RunningWorker { thread, stop } = worker;
+    let done = tokio::task::spawn_blocking(move || thread.join());
+    tokio::pin!(done);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM ({e})"))?;
+    let ended = tokio::select! {
+        r = &mut done => Some(r),
+        _ = sigterm.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    stop.store(true, Ordering::SeqCst);
+    let joined = match ended {
+        Some(r) => r,
+        None => {
+            log::info!("stopping: finishing the capture in hand");
+            done.await
+        }
+    };
+    // A failed join (the blocking task itself lost) reads as a failed worker thread.
+    Ok(joined.unwrap_or_else(|e| Err(Box::new(e))))
+}
+
+/// What the database holds, for the last log line.
+fn store_summary(db: &Path) -> String {
+    Store::open_read_only(db)
         .and_then(|s| s.counts())
         .map(|(c, r, p)| {
             format!(
@@ -170,98 +227,7 @@ async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
                 db.display()
             )
         })
-        .unwrap_or_default();
-    log::info!("stopped: {summary}");
-    match worker_result {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e),
-        _ => Err("the worker thread failed".into()),
-    }
-}
-
-fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)
-            .map_err(|e| format!("socket: {}: cannot create the folder ({e})", dir.display()))?;
-    }
-    // A socket left by a killed daemon: nobody answers on it, so it can go.
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "socket: {}: another dermaedge is running with this socket; stop it or set another path",
-            path.display()
-        ));
-    }
-    let _ = fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| format!("socket: {}: cannot listen ({e})", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("socket: {}: cannot make it private ({e})", path.display()))?;
-    Ok(listener)
-}
-
-/// One JSON line per connection: `{"command": "capture", ...body}`; one JSON line back.
-async fn serve_socket(
-    listener: tokio::net::UnixListener,
-    commands: Commands,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let stream = tokio::select! {
-            s = listener.accept() => match s {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    log::warn!("socket: {e}");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let commands = commands.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let limit = commands.max_bytes as u64 + 256;
-            let answer = match BufReader::new(read.take(limit)).read_line(&mut line).await {
-                Ok(_) => socket_command(&commands, &line).await,
-                Err(e) => json!({"ok": false, "error": format!("cannot read the request ({e})")}),
-            };
-            let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
-        });
-    }
-}
-
-async fn socket_command(commands: &Commands, line: &str) -> Value {
-    let mut obj = match serde_json::from_str::<Value>(line) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => return json!({"ok": false, "error": "the request must be a JSON object"}),
-        Err(e) => return json!({"ok": false, "error": format!("invalid request JSON: {e}")}),
-    };
-    let Some(Value::String(name)) = obj.remove("command") else {
-        return json!({"ok": false, "error": "the request needs \"command\": \"capture\" or \"status\""});
-    };
-    let body = Value::Object(obj).to_string();
-    commands.handle_from(&name, body.as_bytes(), true).await
-}
-
-/// `dermaedge capture`/`status`: send one request to a running daemon's control socket.
-pub fn control(socket: &Path, request: &Value, wait: Duration) -> Result<Value, String> {
-    use std::io::{BufRead, Write};
-    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "{}: cannot connect ({e}); is `dermaedge run` running, and is this its `socket`?",
-            socket.display()
-        )
-    })?;
-    stream
-        .set_read_timeout(Some(wait))
-        .map_err(|e| e.to_string())?;
-    let mut writer = &stream;
-    writeln!(writer, "{request}").map_err(|e| format!("{}: {e}", socket.display()))?;
-    let mut line = String::new();
-    std::io::BufReader::new(&stream)
-        .read_line(&mut line)
-        .map_err(|e| format!("{}: no answer ({e})", socket.display()))?;
-    serde_json::from_str(&line).map_err(|e| format!("{}: bad answer ({e})", socket.display()))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

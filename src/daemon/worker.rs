@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use image::{GrayImage, RgbImage};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
 
 use crate::capture::{Camera, Frame, Reconnect};
 use crate::config::{Config, SourceKind};
-use crate::control::{CaptureRequest, Job, Trigger, WorkerStatus};
+use crate::control::{CaptureRequest, Job, Reply, Trigger, WorkerStatus};
 use crate::pipeline::{Analysis, Analyzer, Reason, Timings};
 use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
 use crate::wire;
@@ -47,19 +47,6 @@ pub(crate) struct Worker {
     pub(crate) camera: Option<CameraLink>,
     pub(crate) next_retention: Instant,
     pub(crate) last_ping: Instant,
-}
-
-/// The answer to a trigger and what the log says.
-pub(crate) fn outcome_json(id: &str, a: &Analysis) -> Value {
-    json!({
-        "ok": true,
-        "id": id,
-        "status": a.status,
-        "recapture_reasons": a.recapture_reasons,
-        "top_class": a.classification.as_ref().map(|c| c.top_class),
-        "top_probability": a.classification.as_ref().map(|c| c.top_probability),
-        "melanoma_flag": a.classification.as_ref().map(|c| c.melanoma_flag),
-    })
 }
 
 impl Worker {
@@ -129,9 +116,7 @@ impl Worker {
         }
         // Triggers that were queued when the stop came get an answer, not silence.
         while let Ok(job) = jobs.try_recv() {
-            let _ = job
-                .reply
-                .send(json!({"ok": false, "error": "the daemon is stopping; capture not taken"}));
+            let _ = job.reply.send(Reply::stopping());
         }
         Ok(())
     }
@@ -268,7 +253,7 @@ impl Worker {
         let _ = job.reply.send(answer);
     }
 
-    pub(crate) fn capture(&mut self, trigger: Trigger, request: &CaptureRequest) -> Value {
+    pub(crate) fn capture(&mut self, trigger: Trigger, request: &CaptureRequest) -> Reply {
         let context = request.context();
         let result = if let Some(file) = &request.file {
             let name = file
@@ -303,7 +288,7 @@ impl Worker {
             Err(e) => {
                 log::warn!("capture ({}): {e}", wire::name(&trigger));
                 self.set_status(|s| s.last_error = Some(e.clone()));
-                json!({"ok": false, "error": e})
+                Reply::error(e)
             }
         }
     }
@@ -459,9 +444,8 @@ impl Worker {
         key: Option<&str>,
         trigger: Trigger,
         context: Option<Value>,
-    ) -> Result<Value, String> {
+    ) -> Result<Reply, String> {
         let captured_at = now_rfc3339();
-        let id = uuid::Uuid::now_v7().to_string();
         let analyzed = match &input {
             Input::Bytes(bytes) => self.analyzer.analyze_bytes(bytes, name).map(|(_, a)| a),
             Input::Frame(frame) => {
@@ -475,7 +459,7 @@ impl Worker {
                 let msg = e.to_string();
                 // Recorded (so a folder file is not retried); the trigger hears why.
                 self.record_failure(name, source, key, trigger, msg.clone())?;
-                return Ok(json!({"ok": false, "error": format!("{name}: {msg}")}));
+                return Ok(Reply::error(format!("{name}: {msg}")));
             }
         };
         // Auto capture fires on sharp, still frames; only the analysis can say whether a
@@ -486,25 +470,13 @@ impl Worker {
             && (reasons.contains(&Reason::NoLesion) || reasons.contains(&Reason::NotDermoscopic))
         {
             log::debug!("auto capture: no lesion in a dermoscopic view; not stored");
-            return Ok(json!({"ok": false, "error": "no lesion in view"}));
+            return Ok(Reply::error("no lesion in view"));
         }
-        let (image_bytes, media_type) = match input {
-            Input::Bytes(b) => {
-                let png = b.starts_with(b"\x89PNG");
-                (b, if png { "image/png" } else { "image/jpeg" })
-            }
-            Input::Frame(f) => match f.jpeg {
-                // Cameras may leave out the Huffman tables: store a JPEG any viewer opens.
-                Some(j) => match crate::capture::jpeg_with_huffman_tables(&j) {
-                    Ok(fixed) => (fixed.into_owned(), "image/jpeg"),
-                    Err(_) => (j, "image/jpeg"),
-                },
-                None => (encode_jpeg(&f.rgb)?, "image/jpeg"),
-            },
-        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let image = stored_image(input)?;
         let mut row = CaptureRow {
             id: id.clone(),
-            captured_at: captured_at.clone(),
+            captured_at,
             source: source.into(),
             source_key: key.map(Into::into),
             trigger: wire::name(&trigger),
@@ -512,62 +484,9 @@ impl Worker {
             ..Default::default()
         };
         if self.config.storage.keep_images {
-            let ext = if media_type == "image/png" {
-                "png"
-            } else {
-                "jpg"
-            };
-            match self.store.save_file(&format!("{id}.{ext}"), &image_bytes) {
-                Ok(f) => row.image = Some(f),
-                Err(e) => {
-                    log::error!("{name}: image not saved ({e}); recording the result without it")
-                }
-            }
-            let mut mask = Vec::new();
-            let encoded = image::codecs::png::PngEncoder::new(&mut mask);
-            if image::ImageEncoder::write_image(
-                encoded,
-                analysis.mask.as_raw(),
-                analysis.mask.width(),
-                analysis.mask.height(),
-                image::ExtendedColorType::L8,
-            )
-            .is_ok()
-            {
-                match self.store.save_file(&format!("{id}.mask.png"), &mask) {
-                    Ok(f) => row.mask = Some(f),
-                    Err(e) => {
-                        log::error!("{name}: mask not saved ({e}); recording the result without it")
-                    }
-                }
-            }
+            self.save_files(&mut row, &image, &analysis.mask, name);
         }
-        let image_sha = match &row.image {
-            Some(saved) => saved.sha256.clone(),
-            None => crate::model::sha256_hex(&image_bytes),
-        };
-        let message = crate::message::result_message(&crate::message::MessageParts {
-            id: &id,
-            device_id: &self.config.device_id,
-            captured_at: &captured_at,
-            source,
-            trigger: &wire::name(&trigger),
-            context: context.as_ref(),
-            image_sha256: &image_sha,
-            media_type,
-            stored: row.image.is_some(),
-            image: self.config.mqtt.include_image.then_some(&image_bytes[..]),
-            analysis: &analysis,
-        });
-        let result = ResultRow {
-            status: wire::name(&analysis.status),
-            top_class: analysis
-                .classification
-                .as_ref()
-                .map(|c| c.top_class.to_string()),
-            melanoma_flag: analysis.classification.as_ref().map(|c| c.melanoma_flag),
-            message,
-        };
+        let result = self.result_row(&row, &image, context.as_ref(), trigger, &analysis);
         if let Err(e) = self.store.record(&row, Some(&result)) {
             // The files have no row: remove them so they do not count against the disk.
             for f in [&row.image, &row.mask].into_iter().flatten() {
@@ -578,8 +497,110 @@ impl Worker {
         self.outbox.notify_one();
         log::info!("{} (id {id})", crate::pipeline::summary(&analysis));
         self.set_status(|s| s.last_result = Some(id.clone()));
-        Ok(outcome_json(&id, &analysis))
+        Ok(Reply::captured(&id, &analysis))
     }
+
+    /// Save the image and its lesion mask beside the database. A file that cannot be saved
+    /// is logged and left out of the row; the result is still recorded.
+    fn save_files(&self, row: &mut CaptureRow, image: &StoredImage, mask: &GrayImage, name: &str) {
+        let ext = if image.media_type == "image/png" {
+            "png"
+        } else {
+            "jpg"
+        };
+        match self
+            .store
+            .save_file(&format!("{}.{ext}", row.id), &image.bytes)
+        {
+            Ok(f) => row.image = Some(f),
+            Err(e) => log::error!("{name}: image not saved ({e}); recording the result without it"),
+        }
+        match encode_mask_png(mask) {
+            Ok(png) => match self.store.save_file(&format!("{}.mask.png", row.id), &png) {
+                Ok(f) => row.mask = Some(f),
+                Err(e) => {
+                    log::error!("{name}: mask not saved ({e}); recording the result without it")
+                }
+            },
+            Err(e) => {
+                log::error!("{name}: mask not encoded ({e}); recording the result without it")
+            }
+        }
+    }
+
+    /// The result row: its columns and the message stored for delivery.
+    fn result_row(
+        &self,
+        row: &CaptureRow,
+        image: &StoredImage,
+        context: Option<&Value>,
+        trigger: Trigger,
+        analysis: &Analysis,
+    ) -> ResultRow {
+        let image_sha = match &row.image {
+            Some(saved) => saved.sha256.clone(),
+            None => crate::model::sha256_hex(&image.bytes),
+        };
+        let message = crate::message::result_message(&crate::message::MessageParts {
+            id: &row.id,
+            device_id: &self.config.device_id,
+            captured_at: &row.captured_at,
+            source: &row.source,
+            trigger: &wire::name(&trigger),
+            context,
+            image_sha256: &image_sha,
+            media_type: image.media_type,
+            stored: row.image.is_some(),
+            image: self.config.mqtt.include_image.then_some(&image.bytes[..]),
+            analysis,
+        });
+        ResultRow {
+            status: wire::name(&analysis.status),
+            top_class: analysis
+                .classification
+                .as_ref()
+                .map(|c| c.top_class.to_string()),
+            melanoma_flag: analysis.classification.as_ref().map(|c| c.melanoma_flag),
+            message,
+        }
+    }
+}
+
+/// The bytes stored (and published, when configured) for a capture.
+struct StoredImage {
+    bytes: Vec<u8>,
+    media_type: &'static str,
+}
+
+/// A file is stored as it came; a camera frame as the camera's JPEG (made standalone: cameras
+/// may leave out the Huffman tables) or, for uncompressed formats, encoded here.
+fn stored_image(input: Input) -> Result<StoredImage, String> {
+    let (bytes, media_type) = match input {
+        Input::Bytes(b) => {
+            let png = b.starts_with(b"\x89PNG");
+            (b, if png { "image/png" } else { "image/jpeg" })
+        }
+        Input::Frame(f) => match f.jpeg {
+            Some(j) => match crate::capture::jpeg_with_huffman_tables(&j) {
+                Ok(fixed) => (fixed.into_owned(), "image/jpeg"),
+                Err(_) => (j, "image/jpeg"),
+            },
+            None => (encode_jpeg(&f.rgb)?, "image/jpeg"),
+        },
+    };
+    Ok(StoredImage { bytes, media_type })
+}
+
+fn encode_mask_png(mask: &GrayImage) -> Result<Vec<u8>, image::ImageError> {
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        mask.as_raw(),
+        mask.width(),
+        mask.height(),
+        image::ExtendedColorType::L8,
+    )?;
+    Ok(png)
 }
 
 pub(crate) enum Input {

@@ -1,17 +1,102 @@
 //! The command protocol shared by the MQTT and socket front ends: what a capture request may
-//! carry (no names), what asked for it, and `Commands`, which turns a named command and its JSON
-//! body into a job for the worker or a `status` answer. The transports (publish.rs, the socket
-//! server in daemon.rs) only move bytes; the answers are decided here.
+//! carry (no names), what asked for it, the [`Reply`] every command gets, and `Commands`, which
+//! turns a named command and its JSON body into a job for the worker or a `status` answer. The
+//! transports (the MQTT publisher, the socket in `socket.rs`) only move bytes; the answers are
+//! decided here.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
+use crate::pipeline::{Analysis, Reason, Status};
 use crate::store::Store;
+
+pub mod socket;
+
+const STOPPING: &str = "the daemon is stopping; capture not taken";
+
+/// The answer to every command, over MQTT and the socket: `ok`, `error` when not, the
+/// request's `request_id` echoed, and what the command reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(flatten)]
+    pub captured: Option<Captured>,
+    #[serde(flatten)]
+    pub status: Option<StatusReport>,
+}
+
+/// What a capture recorded: its id and the headline of its result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Captured {
+    pub id: String,
+    pub status: Status,
+    pub recapture_reasons: Vec<Reason>,
+    pub top_class: Option<&'static str>,
+    pub top_probability: Option<f32>,
+    pub melanoma_flag: Option<bool>,
+}
+
+/// The `status` command's answer. Counts are left out when the database cannot be read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusReport {
+    pub device_id: String,
+    pub version: &'static str,
+    pub worker: WorkerStatus,
+    pub mqtt: Link,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captures: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undelivered: Option<i64>,
+}
+
+impl Reply {
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply {
+            error: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Triggers that arrive, or wait in the queue, when the daemon stops.
+    pub fn stopping() -> Reply {
+        Reply::error(STOPPING)
+    }
+
+    pub fn captured(id: &str, a: &Analysis) -> Reply {
+        let c = a.classification.as_ref();
+        Reply {
+            ok: true,
+            captured: Some(Captured {
+                id: id.into(),
+                status: a.status,
+                recapture_reasons: a.recapture_reasons.clone(),
+                top_class: c.map(|c| c.top_class),
+                top_probability: c.map(|c| c.top_probability),
+                melanoma_flag: c.map(|c| c.melanoma_flag),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The JSON text sent back.
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
+    }
+}
 
 /// The MQTT connection as the rest of the daemon sees it (for `status` answers and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -42,7 +127,7 @@ pub struct CaptureRequest {
     pub file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Sex {
     Female,
@@ -117,11 +202,11 @@ pub enum Trigger {
 pub(crate) struct Job {
     pub trigger: Trigger,
     pub request: CaptureRequest,
-    pub reply: oneshot::Sender<Value>,
+    pub reply: oneshot::Sender<Reply>,
 }
 
 /// What the worker reports for `status` answers.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct WorkerStatus {
     pub source: String,
     pub camera: Option<String>,
@@ -144,28 +229,29 @@ pub struct Commands {
 impl Commands {
     /// Run command `name` with JSON `body`; the answer always has `ok` and, on failure,
     /// `error`. Remote (MQTT) callers may not name local files.
-    pub async fn handle(&self, name: &str, body: &[u8]) -> Value {
+    pub async fn handle(&self, name: &str, body: &[u8]) -> Reply {
         self.handle_from(name, body, false).await
     }
 
-    pub(crate) async fn handle_from(&self, name: &str, body: &[u8], local: bool) -> Value {
+    pub(crate) async fn handle_from(&self, name: &str, body: &[u8], local: bool) -> Reply {
         if body.len() > self.max_bytes {
-            return json!({"ok": false, "error": format!(
+            return Reply::error(format!(
                 "the command body has {} bytes; at most {} (mqtt.max_command_bytes)",
-                body.len(), self.max_bytes)});
+                body.len(),
+                self.max_bytes
+            ));
         }
         match name {
             "capture" => self.capture(body, local).await,
             "status" => self.status(),
-            other => json!({"ok": false, "error": format!(
-                "unknown command {other:?}; known: capture, status")}),
+            other => Reply::error(format!("unknown command {other:?}; known: capture, status")),
         }
     }
 
-    async fn capture(&self, body: &[u8], local: bool) -> Value {
+    async fn capture(&self, body: &[u8], local: bool) -> Reply {
         let request = match CaptureRequest::parse(body, local) {
             Ok(r) => r,
-            Err(e) => return json!({"ok": false, "error": e}),
+            Err(e) => return Reply::error(e),
         };
         let request_id = request.request_id.clone();
         let (reply, answer) = oneshot::channel();
@@ -179,37 +265,39 @@ impl Commands {
             request,
             reply,
         };
-        let mut v = match self.jobs.try_send(job) {
-            Ok(()) => answer.await.unwrap_or_else(
-                |_| json!({"ok": false, "error": "the daemon is stopping; capture not taken"}),
-            ),
-            Err(TrySendError::Full(_)) => json!({"ok": false, "error": format!(
-                "busy: {} captures are already waiting; try again shortly", self.queue)}),
-            Err(TrySendError::Disconnected(_)) => {
-                json!({"ok": false, "error": "the daemon is stopping; capture not taken"})
-            }
+        let reply = match self.jobs.try_send(job) {
+            Ok(()) => answer.await.unwrap_or_else(|_| Reply::stopping()),
+            Err(TrySendError::Full(_)) => Reply::error(format!(
+                "busy: {} captures are already waiting; try again shortly",
+                self.queue
+            )),
+            Err(TrySendError::Disconnected(_)) => Reply::stopping(),
         };
-        if let Some(id) = request_id {
-            v["request_id"] = json!(id);
+        Reply {
+            request_id,
+            ..reply
         }
-        v
     }
 
-    fn status(&self) -> Value {
-        let w = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+    fn status(&self) -> Reply {
+        let worker = self.status.lock().map(|s| s.clone()).unwrap_or_default();
         let counts = Store::open_read_only(&self.database).and_then(|s| s.counts());
-        let mut v = json!({
-            "ok": true,
-            "device_id": self.device_id,
-            "version": env!("CARGO_PKG_VERSION"),
-            "worker": w,
-            "mqtt": *self.link.borrow(),
-        });
-        if let Ok((captures, results, pending)) = counts {
-            v["captures"] = json!(captures);
-            v["results"] = json!(results);
-            v["undelivered"] = json!(pending);
+        let (captures, results, undelivered) = match counts {
+            Ok((c, r, u)) => (Some(c), Some(r), Some(u)),
+            Err(_) => (None, None, None),
+        };
+        Reply {
+            ok: true,
+            status: Some(StatusReport {
+                device_id: self.device_id.clone(),
+                version: env!("CARGO_PKG_VERSION"),
+                worker,
+                mqtt: *self.link.borrow(),
+                captures,
+                results,
+                undelivered,
+            }),
+            ..Default::default()
         }
-        v
     }
 }

@@ -35,6 +35,8 @@ const DERMOSCOPIC_COLORS: [(&str, [f64; 3]); 6] = [
     ("black", [30.0, 25.0, 25.0]),
 ];
 
+/// The measurements of the lesion `mask` marks on `img`; `None` for an empty mask.
+/// `pixel_pitch_mm` (mm per pixel at this image's scale) adds the area in mm².
 pub fn measure(
     img: &RgbImage,
     mask: &GrayImage,
@@ -49,10 +51,24 @@ pub fn measure(
         return None;
     }
     let n = pts.len() as f64;
+    Some(Measurements {
+        area_px: pts.len() as u64,
+        area_mm2: pixel_pitch_mm.map(|p| n * p * p),
+        asymmetry: asymmetry(mask, &pts),
+        compactness: compactness(mask, n),
+        colors: colors(img, &pts),
+        bbox: bounding_box(&pts),
+    })
+}
+
+/// A: the share of lesion pixels whose mirror image about each principal axis (through the
+/// centroid, from the second moments) falls outside the lesion. `pts` is not empty.
+fn asymmetry(mask: &GrayImage, pts: &[(f64, f64)]) -> [f64; 2] {
+    let n = pts.len() as f64;
     let (cx, cy) = pts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
     let (cx, cy) = (cx / n, cy / n);
     let (mut m20, mut m02, mut m11) = (0.0, 0.0, 0.0);
-    for (x, y) in &pts {
+    for (x, y) in pts {
         m20 += (x - cx).powi(2);
         m02 += (y - cy).powi(2);
         m11 += (x - cx) * (y - cy);
@@ -81,15 +97,26 @@ pub fn measure(
             .count();
         asymmetry[k] = miss as f64 / n;
     }
+    asymmetry
+}
+
+/// B: perimeter² / (4π area) of the longest outer contour, `area` being the pixel count.
+fn compactness(mask: &GrayImage, area: f64) -> f64 {
     let contours = imageproc::contours::find_contours::<i32>(mask);
     let perimeter: f64 = contours
         .iter()
         .filter(|c| c.border_type == imageproc::contours::BorderType::Outer)
         .map(|c| imageproc::geometry::arc_length(&c.points, true))
         .fold(0.0, f64::max);
-    let compactness = perimeter.powi(2) / (4.0 * std::f64::consts::PI * n);
+    perimeter.powi(2) / (4.0 * std::f64::consts::PI * area)
+}
+
+/// C: each lesion pixel counts for its nearest dermoscopic colour; those covering >= 5% of
+/// the lesion are reported, in the table's order.
+fn colors(img: &RgbImage, pts: &[(f64, f64)]) -> Vec<&'static str> {
+    let n = pts.len() as f64;
     let mut counts = [0u64; 6];
-    for (x, y) in &pts {
+    for (x, y) in pts {
         let p = img.get_pixel(*x as u32, *y as u32);
         let nearest = DERMOSCOPIC_COLORS
             .iter()
@@ -99,30 +126,26 @@ pub fn measure(
             .unwrap_or(0);
         counts[nearest] += 1;
     }
-    let colors = DERMOSCOPIC_COLORS
+    DERMOSCOPIC_COLORS
         .iter()
         .zip(counts)
         .filter(|(_, c)| *c as f64 >= 0.05 * n)
         .map(|((name, _), _)| *name)
-        .collect();
+        .collect()
+}
+
+/// The half-open box around the lesion pixels.
+fn bounding_box(pts: &[(f64, f64)]) -> Rect {
     let (xs, ys) = (
         pts.iter().map(|p| p.0 as u32),
         pts.iter().map(|p| p.1 as u32),
     );
-    let bbox = Rect {
+    Rect {
         left: xs.clone().min().unwrap_or(0),
         right: xs.max().unwrap_or(0) + 1,
         top: ys.clone().min().unwrap_or(0),
         bottom: ys.max().unwrap_or(0) + 1,
-    };
-    Some(Measurements {
-        area_px: pts.len() as u64,
-        area_mm2: pixel_pitch_mm.map(|p| n * p * p),
-        asymmetry,
-        compactness,
-        colors,
-        bbox,
-    })
+    }
 }
 
 fn dist2(p: &Rgb<u8>, c: &[f64; 3]) -> f64 {

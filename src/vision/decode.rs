@@ -1,11 +1,14 @@
 //! Bytes to an RGB frame. Frames come from cameras, a watched folder and the command line,
 //! none of them trusted: sizes are checked before any pixel is allocated (decompression
-//! bombs, thumbnails too small to analyze), and a truncated JPEG is refused because the
-//! decoder would quietly pad it with grey and the analysis would run on a half-grey frame.
+//! bombs, images too small to analyze), and a truncated JPEG is refused (the marker walk in
+//! `jpeg`) because the decoder would quietly pad it with grey and the analysis would run on a
+//! half-grey frame.
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use super::jpeg::jpeg_layout;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
@@ -45,10 +48,9 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeErro
         .map_err(|e| DecodeError::Format(e.to_string()))?;
     match reader.format() {
         None => return Err(DecodeError::Format("unrecognised file signature".into())),
-        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
-            return Err(DecodeError::Corrupt(
-                "JPEG data ends before its end-of-image marker".into(),
-            ))
+        // Before decoding: the decoder fills a scan cut short with grey instead of failing.
+        Some(image::ImageFormat::Jpeg) => {
+            jpeg_layout(bytes).map_err(DecodeError::Corrupt)?;
         }
         _ => {}
     }
@@ -76,21 +78,48 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeErro
     Ok(img.to_rgb8())
 }
 
-/// The JPEG decoder fills a truncated scan with grey rather than failing; a frame cut short
-/// (a camera unplugged mid-transfer) must not be analyzed. Inside entropy-coded data 0xFF is
-/// always followed by 0x00 or a restart marker, so the end-of-image marker (FF D9) after the
-/// last start-of-scan (FF DA) is the real end of the image (an EXIF thumbnail's ends earlier).
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_sos {
-        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
-    }
-}
-
 fn classify_error(e: image::ImageError) -> DecodeError {
     match e {
         image::ImageError::Unsupported(u) => DecodeError::Format(u.to_string()),
         other => DecodeError::Corrupt(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 90]));
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_cut_jpeg_with_a_complete_one_appended_is_corrupt() {
+        // The check decode had before the marker walk (the last SOS followed by an EOI) let
+        // this through, and the decoder returned the first image with its cut scan in grey.
+        let first = jpeg(64, 48);
+        let first_scan = jpeg_layout(&first).unwrap().first_scan;
+        let mut data = first[..(first_scan + first.len()) / 2].to_vec(); // mid-scan
+        data.extend(jpeg(64, 48));
+        let result = decode(&data, DecodeLimits::default()).map(|img| img.dimensions());
+        assert!(matches!(result, Err(DecodeError::Corrupt(_))), "{result:?}");
+    }
+
+    #[test]
+    fn a_complete_jpeg_with_a_cut_trailer_decodes_as_the_image_alone() {
+        // The decoder stops at the image's EOI; a trailer cut short (a multi-picture file's
+        // second image without its EOI) does not make the image incomplete. The check decode
+        // had before the marker walk refused this.
+        let image = jpeg(64, 48);
+        let mut data = image.clone();
+        let trailer = jpeg(32, 32);
+        data.extend_from_slice(&trailer[..trailer.len() - 2]);
+        let alone = decode(&image, DecodeLimits::default()).unwrap();
+        assert_eq!(decode(&data, DecodeLimits::default()).unwrap(), alone);
     }
 }

@@ -2,12 +2,14 @@
 //! the lesion mask, frame quality and the ABCD-style lesion measurements.
 //!
 //! One file per concern, each read against its own contract: `decode` against untrusted
-//! input, `preprocess` against docs/manifest.md and the trainer, `mask` against the
-//! segmenter's output, `quality` and `measure` against what the pipeline reports. The
-//! submodules stay private and everything is re-exported here, so callers keep naming
+//! input, `jpeg` against the JPEG marker structure, `preprocess` against docs/manifest.md and
+//! the trainer, `mask` against the segmenter's output, `quality` and `measure` against what
+//! the pipeline reports. The submodules stay private (`jpeg` is crate-visible for capture's
+//! MJPEG frames) and everything public is re-exported here, so callers keep naming
 //! `vision::decode`, `vision::Rect`, ... and the split does not leak into them.
 
 mod decode;
+pub(crate) mod jpeg;
 mod mask;
 mod measure;
 mod preprocess;

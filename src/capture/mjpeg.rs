@@ -1,11 +1,14 @@
-//! MJPEG frames: the completeness check (SOI ... EOI, the scan not cut short) and the
-//! standard Huffman tables that many UVC cameras leave out, inserted where they are missing.
+//! MJPEG frames: checked complete (SOI ... EOI, the scan not cut short) with the marker walk
+//! that `vision::decode` uses too, and given the standard Huffman tables that many UVC
+//! cameras leave out, inserted where they are missing.
 
 use std::borrow::Cow;
 
 use image::{ImageFormat, RgbImage};
 
 use super::{CaptureError, PixelFormat};
+// The walk is vision's (the lower layer); `pub(crate)` so capture's tests reach it from here.
+pub(crate) use crate::vision::jpeg::{jpeg_layout, MARKER_DHT};
 
 /// Decodes one MJPEG frame. Many UVC cameras omit the Huffman tables (the "MJPEG" convention
 /// assumes the standard ones), so they are inserted when missing. The structure is checked
@@ -37,93 +40,6 @@ pub fn jpeg_with_huffman_tables(data: &[u8]) -> Result<Cow<'_, [u8]>, CaptureErr
     complete.extend_from_slice(&tables);
     complete.extend_from_slice(tail);
     Ok(Cow::Owned(complete))
-}
-
-pub(crate) struct JpegLayout {
-    /// Offset of the first SOS marker: where missing tables go.
-    pub(crate) first_scan: usize,
-    /// A DHT segment precedes the first scan.
-    pub(crate) has_huffman_tables: bool,
-}
-
-pub(crate) const MARKER_SOI: u8 = 0xD8;
-pub(crate) const MARKER_EOI: u8 = 0xD9;
-pub(crate) const MARKER_SOS: u8 = 0xDA;
-pub(crate) const MARKER_DHT: u8 = 0xC4;
-pub(crate) const TRUNCATED: &str = "JPEG ends before its EOI marker (truncated frame)";
-
-/// Walks the marker segments from SOI to EOI, skipping over scan data.
-pub(crate) fn jpeg_layout(data: &[u8]) -> Result<JpegLayout, String> {
-    if !data.starts_with(&[0xFF, MARKER_SOI]) {
-        return Err("not a JPEG: no SOI marker at the start".to_string());
-    }
-    let mut pos = 2;
-    let mut first_scan = None;
-    let mut has_huffman_tables = false;
-    loop {
-        let marker_start = pos;
-        match data.get(pos) {
-            Some(0xFF) => {}
-            Some(_) => return Err(format!("JPEG: expected a marker at byte {pos}")),
-            None => return Err(TRUNCATED.to_string()),
-        }
-        // Any number of 0xFF fill bytes may precede a marker code.
-        while data.get(pos) == Some(&0xFF) {
-            pos += 1;
-        }
-        let Some(&marker) = data.get(pos) else {
-            return Err(TRUNCATED.to_string());
-        };
-        pos += 1;
-        match marker {
-            MARKER_EOI => break,
-            // Markers without a length field.
-            0x01 | 0xD0..=0xD7 => continue,
-            MARKER_SOI => return Err(format!("JPEG: second SOI marker at byte {marker_start}")),
-            _ => {}
-        }
-        let Some(&[high, low]) = data.get(pos..pos + 2) else {
-            return Err(TRUNCATED.to_string());
-        };
-        let length = usize::from(u16::from_be_bytes([high, low]));
-        if length < 2 {
-            return Err(format!(
-                "JPEG: marker {marker:02X} at byte {marker_start} has invalid length {length}"
-            ));
-        }
-        let segment_end = pos + length;
-        if segment_end > data.len() {
-            return Err(TRUNCATED.to_string());
-        }
-        if marker == MARKER_DHT && first_scan.is_none() {
-            has_huffman_tables = true;
-        }
-        pos = if marker == MARKER_SOS {
-            first_scan.get_or_insert(marker_start);
-            end_of_scan_data(data, segment_end).ok_or_else(|| TRUNCATED.to_string())?
-        } else {
-            segment_end
-        };
-    }
-    let first_scan = first_scan.ok_or_else(|| "JPEG has no image data (no SOS)".to_string())?;
-    Ok(JpegLayout {
-        first_scan,
-        has_huffman_tables,
-    })
-}
-
-/// Offset of the marker that ends the entropy-coded data starting at `start`. Inside scan data
-/// a 0xFF byte is followed by 0x00 (stuffing), a restart marker or fill, never anything else.
-pub(crate) fn end_of_scan_data(data: &[u8], start: usize) -> Option<usize> {
-    let mut pos = start;
-    loop {
-        pos += data.get(pos..)?.iter().position(|&b| b == 0xFF)?;
-        match data.get(pos + 1)? {
-            0x00 | 0xD0..=0xD7 => pos += 2,
-            0xFF => pos += 1,
-            _ => return Some(pos),
-        }
-    }
 }
 
 // The standard Huffman tables of ITU T.81 Annex K.3 (K.3 to K.6), which "MJPEG" assumes.

@@ -21,8 +21,8 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::Config;
 use crate::control::{Commands, Job, Link, WorkerStatus};
+use crate::mqtt::{self as publish, Publisher};
 use crate::pipeline::Analyzer;
-use crate::publish::{self, Publisher};
 use crate::store::Store;
 
 mod folder;

@@ -17,13 +17,19 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
 };
-use serde_json::json;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::config::{read_secret, Config};
 use crate::control::{Commands, Link};
 use crate::store::Store;
+
+mod discovery;
+mod tls;
+
+use discovery::discovery;
+pub use tls::check_tls;
+use tls::tls_config;
 
 /// The topics of one device.
 #[derive(Debug, Clone)]
@@ -392,142 +398,6 @@ async fn wait_connack(events: &mut EventLoop) -> Result<(), String> {
     }
 }
 
-/// Build the TLS settings once at start, so a bad certificate or key stops the start with the
-/// key's name instead of failing every connection attempt.
-pub fn check_tls(config: &Config) -> Result<(), String> {
-    if config.mqtt.host.is_some() && config.mqtt.tls {
-        tls_config(config)?;
-    }
-    Ok(())
-}
-
-/// rustls with the `ring` provider (no C toolchain needed for aarch64), the configured CA
-/// certificates and, when given, the client certificate.
-fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let m = &config.mqtt;
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &m.ca_file {
-        let pem = read_secret("mqtt.ca_file", ca)?;
-        for cert in CertificateDer::pem_slice_iter(&pem.0) {
-            let cert = cert.map_err(|e| format!("mqtt.ca_file: {}: {e}", ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("mqtt.ca_file: {}: {e}", ca.display()))?;
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("tls: {e}"))?
-    .with_root_certificates(roots);
-    match (&m.client_cert_file, &m.client_key_file) {
-        (Some(cert), Some(key_file)) => {
-            let pem = read_secret("mqtt.client_cert_file", cert)?;
-            let certs = CertificateDer::pem_slice_iter(&pem.0)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("mqtt.client_cert_file: {}: {e}", cert.display()))?;
-            let key_pem = read_secret("mqtt.client_key_file", key_file)?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem.0)
-                .map_err(|e| format!("mqtt.client_key_file: {}: {e}", key_file.display()))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
-                format!(
-                    "mqtt.client_cert_file, mqtt.client_key_file: {}, {}: {e}",
-                    cert.display(),
-                    key_file.display()
-                )
-            })
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
-/// Home Assistant MQTT discovery: retained config topics for the result's main fields.
-fn discovery(config: &Config, topics: &Topics) -> Vec<(String, String, bool)> {
-    let dev = &config.device_id;
-    let device = json!({
-        "identifiers": [format!("dermaedge_{dev}")],
-        "name": format!("dermaedge {dev}"),
-        "manufacturer": "dermaedge",
-        "model": "skin-lesion analysis support",
-        "sw_version": env!("CARGO_PKG_VERSION"),
-    });
-    let classification = "value_json.result.classification";
-    let sensors = [
-        (
-            "sensor",
-            "status",
-            "Frame status",
-            "{{ value_json.result.status if value_json.result else 'error' }}".to_string(),
-            None,
-        ),
-        (
-            "sensor",
-            "recapture_reasons",
-            "Recapture reasons",
-            "{{ value_json.result.recapture_reasons | join(', ') if value_json.result and value_json.result.recapture_reasons else 'none' }}".to_string(),
-            None,
-        ),
-        (
-            "sensor",
-            "top_class",
-            "Top class",
-            format!("{{{{ {classification}.top_class if {classification} else 'none' }}}}"),
-            None,
-        ),
-        (
-            "sensor",
-            "melanoma_probability",
-            "Melanoma probability",
-            format!("{{{{ ({classification}.probabilities.MEL * 100) | round(1) if {classification} else 0 }}}}"),
-            Some("%"),
-        ),
-        (
-            "sensor",
-            "malignancy_score",
-            "Malignancy score",
-            format!("{{{{ {classification}.malignancy_score | round(3) if {classification} else 0 }}}}"),
-            None,
-        ),
-        (
-            "binary_sensor",
-            "melanoma_flag",
-            "Melanoma flag",
-            format!("{{{{ 'ON' if {classification} and {classification}.melanoma_flag else 'OFF' }}}}"),
-            None,
-        ),
-    ];
-    sensors
-        .into_iter()
-        .map(|(component, key, name, template, unit)| {
-            let mut body = json!({
-                "name": name,
-                "unique_id": format!("dermaedge_{dev}_{key}"),
-                "object_id": format!("dermaedge_{dev}_{key}"),
-                "state_topic": topics.result,
-                "value_template": template,
-                "availability_topic": topics.status,
-                "payload_available": "online",
-                "payload_not_available": "offline",
-                "device": device,
-            });
-            if let Some(u) = unit {
-                body["unit_of_measurement"] = json!(u);
-            }
-            (
-                format!(
-                    "{}/{component}/dermaedge_{dev}/{key}/config",
-                    config.mqtt.discovery_prefix
-                ),
-                body.to_string(),
-                true,
-            )
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,19 +416,5 @@ mod tests {
         assert_eq!(t.command_name("derm/clinic-3/cmd/capture/reply"), None);
         assert_eq!(t.command_name("derm/clinic-4/cmd/capture"), None);
         assert_eq!(t.reply("capture"), "derm/clinic-3/cmd/capture/reply");
-    }
-
-    #[test]
-    fn discovery_topics_are_retained_json() {
-        let mut c = Config::default();
-        c.mqtt.home_assistant = true;
-        let d = discovery(&c, &Topics::new(&c));
-        assert_eq!(d.len(), 6);
-        for (topic, body, retain) in d {
-            assert!(topic.starts_with("homeassistant/") && topic.ends_with("/config"));
-            assert!(retain);
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(v["state_topic"], "dermaedge/dermaedge/result");
-        }
     }
 }

@@ -6,6 +6,62 @@ use serde_json::json;
 use super::Topics;
 use crate::config::Config;
 
+/// One Home Assistant entity read from the result message.
+struct Sensor {
+    component: &'static str,
+    key: &'static str,
+    name: &'static str,
+    value_template: &'static str,
+    unit: Option<&'static str>,
+}
+
+/// A frame with an error has no `result`, and one that needs recapturing no classification:
+/// every template has a value for those, so the entity never goes "unknown".
+const SENSORS: &[Sensor] = &[
+    Sensor {
+        component: "sensor",
+        key: "status",
+        name: "Frame status",
+        value_template: "{{ value_json.result.status if value_json.result else 'error' }}",
+        unit: None,
+    },
+    Sensor {
+        component: "sensor",
+        key: "recapture_reasons",
+        name: "Recapture reasons",
+        value_template: "{{ value_json.result.recapture_reasons | join(', ') if value_json.result and value_json.result.recapture_reasons else 'none' }}",
+        unit: None,
+    },
+    Sensor {
+        component: "sensor",
+        key: "top_class",
+        name: "Top class",
+        value_template: "{{ value_json.result.classification.top_class if value_json.result.classification else 'none' }}",
+        unit: None,
+    },
+    Sensor {
+        component: "sensor",
+        key: "melanoma_probability",
+        name: "Melanoma probability",
+        value_template: "{{ (value_json.result.classification.probabilities.MEL * 100) | round(1) if value_json.result.classification else 0 }}",
+        unit: Some("%"),
+    },
+    Sensor {
+        component: "sensor",
+        key: "malignancy_score",
+        name: "Malignancy score",
+        value_template: "{{ value_json.result.classification.malignancy_score | round(3) if value_json.result.classification else 0 }}",
+        unit: None,
+    },
+    Sensor {
+        component: "binary_sensor",
+        key: "melanoma_flag",
+        name: "Melanoma flag",
+        value_template: "{{ 'ON' if value_json.result.classification and value_json.result.classification.melanoma_flag else 'OFF' }}",
+        unit: None,
+    },
+];
+
 /// Home Assistant MQTT discovery: retained config topics for the result's main fields.
 pub(super) fn discovery(config: &Config, topics: &Topics) -> Vec<(String, String, bool)> {
     let dev = &config.device_id;
@@ -16,76 +72,29 @@ pub(super) fn discovery(config: &Config, topics: &Topics) -> Vec<(String, String
         "model": "skin-lesion analysis support",
         "sw_version": env!("CARGO_PKG_VERSION"),
     });
-    let classification = "value_json.result.classification";
-    let sensors = [
-        (
-            "sensor",
-            "status",
-            "Frame status",
-            "{{ value_json.result.status if value_json.result else 'error' }}".to_string(),
-            None,
-        ),
-        (
-            "sensor",
-            "recapture_reasons",
-            "Recapture reasons",
-            "{{ value_json.result.recapture_reasons | join(', ') if value_json.result and value_json.result.recapture_reasons else 'none' }}".to_string(),
-            None,
-        ),
-        (
-            "sensor",
-            "top_class",
-            "Top class",
-            format!("{{{{ {classification}.top_class if {classification} else 'none' }}}}"),
-            None,
-        ),
-        (
-            "sensor",
-            "melanoma_probability",
-            "Melanoma probability",
-            format!("{{{{ ({classification}.probabilities.MEL * 100) | round(1) if {classification} else 0 }}}}"),
-            Some("%"),
-        ),
-        (
-            "sensor",
-            "malignancy_score",
-            "Malignancy score",
-            format!("{{{{ {classification}.malignancy_score | round(3) if {classification} else 0 }}}}"),
-            None,
-        ),
-        (
-            "binary_sensor",
-            "melanoma_flag",
-            "Melanoma flag",
-            format!("{{{{ 'ON' if {classification} and {classification}.melanoma_flag else 'OFF' }}}}"),
-            None,
-        ),
-    ];
-    sensors
-        .into_iter()
-        .map(|(component, key, name, template, unit)| {
+    SENSORS
+        .iter()
+        .map(|s| {
+            let key = s.key;
             let mut body = json!({
-                "name": name,
+                "name": s.name,
                 "unique_id": format!("dermaedge_{dev}_{key}"),
                 "object_id": format!("dermaedge_{dev}_{key}"),
                 "state_topic": topics.result,
-                "value_template": template,
+                "value_template": s.value_template,
                 "availability_topic": topics.status,
                 "payload_available": "online",
                 "payload_not_available": "offline",
                 "device": device,
             });
-            if let Some(u) = unit {
+            if let Some(u) = s.unit {
                 body["unit_of_measurement"] = json!(u);
             }
-            (
-                format!(
-                    "{}/{component}/dermaedge_{dev}/{key}/config",
-                    config.mqtt.discovery_prefix
-                ),
-                body.to_string(),
-                true,
-            )
+            let topic = format!(
+                "{}/{}/dermaedge_{dev}/{key}/config",
+                config.mqtt.discovery_prefix, s.component
+            );
+            (topic, body.to_string(), true)
         })
         .collect()
 }

@@ -9,7 +9,6 @@
 //! A PUBACK is matched to its outbox row through the order of publishes on the connection:
 //! rumqttc reports `Outgoing::Publish(pkid)` in the order the publishes were requested.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,10 +25,12 @@ use crate::store::Store;
 
 mod discovery;
 mod tls;
+mod window;
 
 use discovery::discovery;
 pub use tls::check_tls;
 use tls::tls_config;
+use window::PubackWindow;
 
 /// The topics of one device.
 #[derive(Debug, Clone)]
@@ -231,10 +232,7 @@ impl Publisher {
         );
         let _ = self.link.send(Link::Connected);
 
-        // Publishes in request order; Some(seq) for outbox messages, None for the others.
-        let mut requested: VecDeque<Option<i64>> = VecDeque::new();
-        let mut inflight: HashMap<u16, i64> = HashMap::new();
-        let mut last_sent: i64 = 0;
+        let mut sent = PubackWindow::default();
         let (reply_tx, mut replies) = mpsc::channel::<(String, String)>(16);
 
         let mut setup = vec![(self.topics.status.clone(), "online".to_string(), true)];
@@ -246,7 +244,7 @@ impl Publisher {
                 .try_publish(topic, QoS::AtLeastOnce, retain, body)
                 .is_ok()
             {
-                requested.push_back(None);
+                sent.requested(None);
             }
         }
         if let Err(e) = client.try_subscribe(&self.topics.commands, QoS::AtLeastOnce) {
@@ -255,9 +253,9 @@ impl Publisher {
 
         loop {
             // Keep the window full, oldest first.
-            let outstanding = requested.iter().flatten().count() + inflight.len();
-            if outstanding < window {
-                match self.store.pending(last_sent, window - outstanding) {
+            let room = sent.room(window);
+            if room > 0 {
+                match self.store.pending(sent.last_sent(), room) {
                     Ok(rows) => {
                         for row in rows {
                             if client
@@ -271,20 +269,19 @@ impl Publisher {
                             {
                                 break;
                             }
-                            requested.push_back(Some(row.seq));
-                            last_sent = row.seq;
+                            sent.requested(Some(row.seq));
                         }
                     }
                     Err(e) => log::error!("outbox: {e}"),
                 }
             }
             if let Some(until) = self.stop_at {
-                let idle = requested.iter().flatten().count() + inflight.len() == 0;
+                let idle = sent.outstanding() == 0;
                 if idle || Instant::now() >= until {
                     if !idle {
                         log::warn!(
                             "mqtt: stopping with {} results unacknowledged; they are sent after the next start",
-                            requested.iter().flatten().count() + inflight.len()
+                            sent.outstanding()
                         );
                     }
                     self.say_offline(&client, &mut events).await;
@@ -296,12 +293,10 @@ impl Publisher {
             tokio::select! {
                 event = events.poll() => match event {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(Some(seq)) = requested.pop_front() {
-                            inflight.insert(pkid, seq);
-                        }
+                        sent.on_outgoing(pkid);
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(seq) = inflight.remove(&ack.pkid) {
+                        if let Some(seq) = sent.on_puback(ack.pkid) {
                             acked.push(seq);
                         }
                     }
@@ -321,7 +316,7 @@ impl Publisher {
                 _ = self.outbox.notified() => {}
                 Some((topic, body)) = replies.recv() => {
                     if client.try_publish(topic, QoS::AtLeastOnce, false, body).is_ok() {
-                        requested.push_back(None);
+                        sent.requested(None);
                     }
                 }
                 _ = self.shutdown.changed(), if self.stop_at.is_none() => {

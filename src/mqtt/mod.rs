@@ -1,25 +1,30 @@
 //! MQTT delivery: drains the outbox in order, marks a message delivered only on its PUBACK,
-//! keeps `<prefix>/<device>/status` (retained, with a last will), answers commands, and
-//! publishes Home Assistant discovery topics.
+//! keeps `<prefix>/<device>/status` (retained, with a last will), answers commands on
+//! `<topic>/reply`, and publishes Home Assistant discovery topics.
 //!
 //! rumqttc keeps nothing on disk and re-sends its own in-flight messages after a reconnect; we
 //! rely on neither. Every connection gets a fresh client with a clean session, and the outbox
 //! in SQLite says what is still to send: after a reconnect or a restart, everything not yet
 //! acknowledged goes out again from the oldest (at least once; consumers deduplicate by `id`).
-//! A PUBACK is matched to its outbox row through the order of publishes on the connection:
-//! rumqttc reports `Outgoing::Publish(pkid)` in the order the publishes were requested.
+//! A PUBACK is matched to its outbox row through the order of publishes on the connection
+//! (`window.rs`, plain data so that matching is tested without a broker).
+//!
+//! Here: the topics, the reconnect loop and one session, split in its steps (connect, announce,
+//! fill the window, handle one event). `tls.rs` builds the credentials and TLS settings,
+//! `discovery.rs` the Home Assistant config topics.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Outgoing, Packet, QoS,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::config::{read_secret, Config};
+use crate::config::Config;
 use crate::control::{Commands, Link};
 use crate::store::Store;
 
@@ -29,7 +34,7 @@ mod window;
 
 use discovery::discovery;
 pub use tls::check_tls;
-use tls::tls_config;
+use tls::{credentials, tls_transport};
 use window::PubackWindow;
 
 /// The topics of one device.
@@ -83,6 +88,58 @@ enum Ended {
     Lost { was_connected: bool, why: String },
 }
 
+impl Ended {
+    fn lost(was_connected: bool, why: impl Into<String>) -> Ended {
+        Ended::Lost {
+            was_connected,
+            why: why.into(),
+        }
+    }
+}
+
+/// One connection: a fresh client and event loop (clean session), the PUBACK window that goes
+/// with them, and the channel on which spawned commands hand back their answers.
+struct Connection {
+    client: AsyncClient,
+    events: EventLoop,
+    sent: PubackWindow,
+    reply_tx: mpsc::Sender<(String, String)>,
+    replies: mpsc::Receiver<(String, String)>,
+}
+
+impl Connection {
+    fn new(client: AsyncClient, events: EventLoop) -> Connection {
+        let (reply_tx, replies) = mpsc::channel(16);
+        Connection {
+            client,
+            events,
+            sent: PubackWindow::default(),
+            reply_tx,
+            replies,
+        }
+    }
+
+    /// Hand a QoS 1 publish to rumqttc; `seq` for an outbox row. False when its request queue
+    /// is full: an outbox row stays pending and a later fill takes it again; a status,
+    /// discovery or reply publish is dropped (the queue has room for them: window + 64).
+    fn publish(
+        &mut self,
+        topic: impl Into<String>,
+        body: impl Into<Vec<u8>>,
+        retain: bool,
+        seq: Option<i64>,
+    ) -> bool {
+        let handed = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, body)
+            .is_ok();
+        if handed {
+            self.sent.requested(seq);
+        }
+        handed
+    }
+}
+
 impl Publisher {
     pub fn new(
         config: Arc<Config>,
@@ -113,7 +170,7 @@ impl Publisher {
         let mut backoff = Duration::from_secs(1);
         loop {
             if self.stop_at.is_none() && *self.shutdown.borrow() {
-                self.stop_at = Some(Instant::now() + self.flush);
+                self.start_stopping();
             }
             if self.done_stopping() {
                 return;
@@ -134,9 +191,7 @@ impl Publisher {
             let _ = self.link.send(Link::Connecting);
             tokio::select! {
                 _ = sleep(backoff) => {}
-                _ = self.shutdown.changed(), if self.stop_at.is_none() => {
-                    self.stop_at = Some(Instant::now() + self.flush);
-                }
+                _ = self.shutdown.changed(), if self.stop_at.is_none() => self.start_stopping(),
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
@@ -175,55 +230,24 @@ impl Publisher {
         o.set_inflight((m.window + 16).min(u16::MAX as usize) as u16);
         // Oversized commands are answered with an error, not by dropping the connection.
         o.set_max_packet_size(m.max_command_bytes.max(1 << 20), 64 << 20);
-        if let (Some(user), Some(file)) = (&m.username, &m.password_file) {
-            let secret = read_secret("mqtt.password_file", file)?;
-            let pw = String::from_utf8(secret.0)
-                .map_err(|_| "mqtt.password_file: the password is not UTF-8".to_string())?;
-            o.set_credentials(user, pw.trim_end_matches(['\n', '\r']));
-        } else if let Some(user) = &m.username {
-            o.set_credentials(user, "");
+        if let Some((user, password)) = credentials(&self.config)? {
+            o.set_credentials(user, password);
         }
         if m.tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls_config(&self.config)?),
-            )));
+            o.set_transport(tls_transport(&self.config)?);
         }
         Ok(o)
     }
 
+    /// One connection, from a fresh client to its loss or the shutdown.
     async fn session(&mut self) -> Ended {
-        let lost = |was_connected, why: String| Ended::Lost { was_connected, why };
         let options = match self.options() {
             Ok(o) => o,
-            Err(e) => return lost(false, e),
+            Err(e) => return Ended::lost(false, e),
         };
-        let window = self.config.mqtt.window;
-        let (client, mut events) = AsyncClient::new(options, window + 64);
-
-        // Connect (when stopping, only until the deadline, to deliver what is pending).
-        let connack = {
-            let connect = timeout(Duration::from_secs(30), wait_connack(&mut events));
-            tokio::pin!(connect);
-            loop {
-                if self.done_stopping() {
-                    return Ended::Shutdown;
-                }
-                let until = self
-                    .stop_at
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-                tokio::select! {
-                    r = &mut connect => break r,
-                    _ = self.shutdown.changed(), if self.stop_at.is_none() => {
-                        self.stop_at = Some(Instant::now() + self.flush);
-                    }
-                    _ = tokio::time::sleep_until(until) => {}
-                }
-            }
-        };
-        match connack {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return lost(false, e),
-            Err(_) => return lost(false, "no answer from the broker within 30 s".into()),
+        let (client, mut events) = AsyncClient::new(options, self.config.mqtt.window + 64);
+        if let Err(ended) = self.connect(&mut events).await {
+            return ended;
         }
         log::info!(
             "mqtt: connected to {}:{}",
@@ -232,103 +256,154 @@ impl Publisher {
         );
         let _ = self.link.send(Link::Connected);
 
-        let mut sent = PubackWindow::default();
-        let (reply_tx, mut replies) = mpsc::channel::<(String, String)>(16);
+        let mut conn = Connection::new(client, events);
+        if let Err(why) = self.announce(&mut conn) {
+            return Ended::lost(true, why);
+        }
+        loop {
+            self.fill_window(&mut conn);
+            if self.finish_if_stopping(&mut conn).await {
+                return Ended::Shutdown;
+            }
+            if let ControlFlow::Break(ended) = self.next_event(&mut conn).await {
+                return ended;
+            }
+        }
+    }
 
+    /// Wait for the CONNACK, 30 s at most. When stopping, only until the deadline: connecting
+    /// then is only worth it to deliver what is pending.
+    async fn connect(&mut self, events: &mut EventLoop) -> Result<(), Ended> {
+        let connect = timeout(Duration::from_secs(30), wait_connack(events));
+        tokio::pin!(connect);
+        let connack = loop {
+            if self.done_stopping() {
+                return Err(Ended::Shutdown);
+            }
+            let until = self
+                .stop_at
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                r = &mut connect => break r,
+                _ = self.shutdown.changed(), if self.stop_at.is_none() => self.start_stopping(),
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        };
+        match connack {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(Ended::lost(false, why)),
+            Err(_) => Err(Ended::lost(false, "no answer from the broker within 30 s")),
+        }
+    }
+
+    /// What every fresh session starts with: status `online` (retained, replacing the last
+    /// will's `offline`), the discovery topics, the command subscription.
+    fn announce(&self, conn: &mut Connection) -> Result<(), String> {
         let mut setup = vec![(self.topics.status.clone(), "online".to_string(), true)];
         if self.config.mqtt.home_assistant {
             setup.extend(discovery(&self.config, &self.topics));
         }
         for (topic, body, retain) in setup {
-            if client
-                .try_publish(topic, QoS::AtLeastOnce, retain, body)
-                .is_ok()
-            {
-                sent.requested(None);
-            }
+            conn.publish(topic, body, retain, None);
         }
-        if let Err(e) = client.try_subscribe(&self.topics.commands, QoS::AtLeastOnce) {
-            return lost(true, format!("cannot subscribe to commands ({e})"));
-        }
+        conn.client
+            .try_subscribe(&self.topics.commands, QoS::AtLeastOnce)
+            .map_err(|e| format!("cannot subscribe to commands ({e})"))
+    }
 
-        loop {
-            // Keep the window full, oldest first.
-            let room = sent.room(window);
-            if room > 0 {
-                match self.store.pending(sent.last_sent(), room) {
-                    Ok(rows) => {
-                        for row in rows {
-                            if client
-                                .try_publish(
-                                    &self.topics.result,
-                                    QoS::AtLeastOnce,
-                                    false,
-                                    row.message,
-                                )
-                                .is_err()
-                            {
-                                break;
-                            }
-                            sent.requested(Some(row.seq));
-                        }
-                    }
-                    Err(e) => log::error!("outbox: {e}"),
-                }
-            }
-            if let Some(until) = self.stop_at {
-                let idle = sent.outstanding() == 0;
-                if idle || Instant::now() >= until {
-                    if !idle {
-                        log::warn!(
-                            "mqtt: stopping with {} results unacknowledged; they are sent after the next start",
-                            sent.outstanding()
-                        );
-                    }
-                    self.say_offline(&client, &mut events).await;
-                    return Ended::Shutdown;
-                }
-            }
-
-            let mut acked = Vec::new();
-            tokio::select! {
-                event = events.poll() => match event {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        sent.on_outgoing(pkid);
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(seq) = sent.on_puback(ack.pkid) {
-                            acked.push(seq);
-                        }
-                    }
-                    // A retained command would fire again at every reconnect: ignore it.
-                    Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
-                        log::warn!("mqtt: {}: retained command ignored; publish commands without retain", p.topic);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        self.command(&p.topic, p.payload.to_vec(), &reply_tx);
-                    }
-                    Ok(Event::Incoming(Packet::Disconnect)) => {
-                        return lost(true, "the broker closed the connection".into());
-                    }
-                    Ok(_) => {}
-                    Err(e) => return lost(true, e.to_string()),
-                },
-                _ = self.outbox.notified() => {}
-                Some((topic, body)) = replies.recv() => {
-                    if client.try_publish(topic, QoS::AtLeastOnce, false, body).is_ok() {
-                        sent.requested(None);
-                    }
-                }
-                _ = self.shutdown.changed(), if self.stop_at.is_none() => {
-                    self.stop_at = Some(Instant::now() + self.flush);
-                }
-                _ = sleep(Duration::from_millis(200)), if self.stop_at.is_some() => {}
-            }
-            if let Err(e) = self.store.mark_delivered(&acked) {
-                // Not fatal: unmarked rows are sent again (at least once).
-                log::error!("outbox: {e}");
-            }
+    /// Keep the window full, oldest first.
+    fn fill_window(&self, conn: &mut Connection) {
+        let room = conn.sent.room(self.config.mqtt.window);
+        if room == 0 {
+            return;
         }
+        match self.store.pending(conn.sent.last_sent(), room) {
+            Ok(rows) => {
+                for row in rows {
+                    if !conn.publish(&self.topics.result, row.message, false, Some(row.seq)) {
+                        break;
+                    }
+                }
+            }
+            Err(e) => log::error!("outbox: {e}"),
+        }
+    }
+
+    /// When stopping and everything sent is acknowledged, or the deadline has passed: say
+    /// offline and disconnect. True when the session is over.
+    async fn finish_if_stopping(&mut self, conn: &mut Connection) -> bool {
+        let Some(until) = self.stop_at else {
+            return false;
+        };
+        let unacknowledged = conn.sent.outstanding();
+        if unacknowledged > 0 && Instant::now() < until {
+            return false;
+        }
+        if unacknowledged > 0 {
+            log::warn!(
+                "mqtt: stopping with {unacknowledged} results unacknowledged; they are sent after the next start"
+            );
+        }
+        self.say_offline(&conn.client, &mut conn.events).await;
+        true
+    }
+
+    /// Wait for the next thing to do: a network event, a new result in the outbox, a command's
+    /// answer, the shutdown (and, while stopping, a tick to check the deadline).
+    async fn next_event(&mut self, conn: &mut Connection) -> ControlFlow<Ended> {
+        tokio::select! {
+            event = conn.events.poll() => return self.on_event(conn, event),
+            _ = self.outbox.notified() => {}
+            Some((topic, body)) = conn.replies.recv() => {
+                conn.publish(topic, body, false, None);
+            }
+            _ = self.shutdown.changed(), if self.stop_at.is_none() => self.start_stopping(),
+            _ = sleep(Duration::from_millis(200)), if self.stop_at.is_some() => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_event(
+        &mut self,
+        conn: &mut Connection,
+        event: Result<Event, ConnectionError>,
+    ) -> ControlFlow<Ended> {
+        match event {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => conn.sent.on_outgoing(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(seq) = conn.sent.on_puback(ack.pkid) {
+                    self.mark_delivered(seq);
+                }
+            }
+            // A retained command would fire again at every reconnect: ignore it.
+            Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                log::warn!(
+                    "mqtt: {}: retained command ignored; publish commands without retain",
+                    p.topic
+                );
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                self.command(&p.topic, p.payload.to_vec(), &conn.reply_tx);
+            }
+            Ok(Event::Incoming(Packet::Disconnect)) => {
+                return ControlFlow::Break(Ended::lost(true, "the broker closed the connection"));
+            }
+            Ok(_) => {}
+            Err(e) => return ControlFlow::Break(Ended::lost(true, e.to_string())),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn mark_delivered(&mut self, seq: i64) {
+        if let Err(e) = self.store.mark_delivered(&[seq]) {
+            // Not fatal: unmarked rows are sent again (at least once).
+            log::error!("outbox: {e}");
+        }
+    }
+
+    /// Deliver what is pending for `flush` at most, then stop.
+    fn start_stopping(&mut self) {
+        self.stop_at = Some(Instant::now() + self.flush);
     }
 
     fn command(&self, topic: &str, payload: Vec<u8>, replies: &mpsc::Sender<(String, String)>) {

@@ -1,10 +1,39 @@
-//! TLS for the broker connection: rustls with the `ring` provider, the configured CA and,
-//! when given, a client certificate. Built once at start by [`check_tls`] so a bad file stops
-//! the daemon with the key's name, and again for every connection (a fresh client each time).
+//! How the daemon proves itself to the broker: TLS (rustls with the `ring` provider, the
+//! configured CA and, when given, a client certificate) and the username and password. Kept
+//! apart from delivery because it is all file reading and error wording: every failure names
+//! the configuration key. Built for every connection (a fresh client each time), and once at
+//! start by [`check_tls`] so a bad certificate stops the start rather than every connection.
 
 use std::sync::Arc;
 
+use rumqttc::{TlsConfiguration, Transport};
+
 use crate::config::{read_secret, Config};
+
+/// The username and its password, if a username is configured. Without a password file the
+/// password is empty; line ends after the password are dropped (files written with `echo`).
+pub(super) fn credentials(config: &Config) -> Result<Option<(String, String)>, String> {
+    let m = &config.mqtt;
+    let Some(user) = &m.username else {
+        return Ok(None);
+    };
+    let Some(file) = &m.password_file else {
+        return Ok(Some((user.clone(), String::new())));
+    };
+    let secret = read_secret("mqtt.password_file", file)?;
+    let pw = String::from_utf8(secret.0)
+        .map_err(|_| "mqtt.password_file: the password is not UTF-8".to_string())?;
+    Ok(Some((
+        user.clone(),
+        pw.trim_end_matches(['\n', '\r']).to_string(),
+    )))
+}
+
+pub(super) fn tls_transport(config: &Config) -> Result<Transport, String> {
+    Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(tls_config(config)?),
+    )))
+}
 
 /// Build the TLS settings once at start, so a bad certificate or key stops the start with the
 /// key's name instead of failing every connection attempt.
@@ -17,7 +46,7 @@ pub fn check_tls(config: &Config) -> Result<(), String> {
 
 /// rustls with the `ring` provider (no C toolchain needed for aarch64), the configured CA
 /// certificates and, when given, the client certificate.
-pub(super) fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
+fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let m = &config.mqtt;

@@ -24,6 +24,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 
+use crate::backoff::Reconnect;
 use crate::config::Config;
 use crate::control::{Commands, Link};
 use crate::store::Store;
@@ -167,7 +168,7 @@ impl Publisher {
     pub async fn run(mut self) {
         let host = self.config.mqtt.host.clone().unwrap_or_default();
         let port = self.config.mqtt.port;
-        let mut backoff = Duration::from_secs(1);
+        let mut reconnect = Reconnect::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             if self.stop_at.is_none() && *self.shutdown.borrow() {
                 self.start_stopping();
@@ -176,24 +177,24 @@ impl Publisher {
                 return;
             }
             let _ = self.link.send(Link::Connecting);
-            match self.session().await {
-                Ended::Shutdown => return,
-                Ended::Lost { was_connected, why } => {
-                    if was_connected {
-                        backoff = Duration::from_secs(1);
-                    }
-                    log::warn!(
-                        "mqtt {host}:{port}: {why}; retrying in {} s (results are kept in the outbox)",
-                        backoff.as_secs()
-                    );
-                }
+            let Ended::Lost { was_connected, why } = self.session().await else {
+                return;
+            };
+            // A session that had connected was a success: the backoff starts from 1 s again.
+            if was_connected {
+                reconnect.on_success();
             }
+            reconnect.on_failure(std::time::Instant::now());
+            let retry_in = reconnect.retry_in();
+            log::warn!(
+                "mqtt {host}:{port}: {why}; retrying in {} s (results are kept in the outbox)",
+                retry_in.as_secs()
+            );
             let _ = self.link.send(Link::Connecting);
             tokio::select! {
-                _ = sleep(backoff) => {}
+                _ = sleep(retry_in) => {}
                 _ = self.shutdown.changed(), if self.stop_at.is_none() => self.start_stopping(),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 

@@ -1,5 +1,6 @@
 //! The reconnect schedule with exponential backoff, for anything that must come back after a
-//! failure (the camera, today). Pure: no I/O, the caller passes the time.
+//! failure: the camera and the MQTT connection. Pure: no I/O, the caller passes the time, so
+//! the schedule is tested without waiting and shared by a blocking thread and a tokio task.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 /// Keeps `Instant + delay` far from overflow whatever the caller configures.
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Where the camera link stands, for status reports.
+/// Where a link (the camera, the broker) stands, for status reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     NeverTried,
@@ -81,8 +82,106 @@ impl Reconnect {
         self.state
     }
 
+    /// The wait the last failure scheduled; zero when connected or never tried. For a caller
+    /// that sleeps rather than polls [`Reconnect::ready`].
+    pub fn retry_in(&self) -> Duration {
+        match self.state {
+            LinkState::Waiting { retry_in, .. } => retry_in,
+            LinkState::NeverTried | LinkState::Connected => Duration::ZERO,
+        }
+    }
+
     fn delay_after(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(1).min(31);
         self.initial.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_doubles_caps_and_resets() {
+        let start = Instant::now();
+        let mut link = Reconnect::new(Duration::from_secs(1), Duration::from_secs(10));
+        assert_eq!(link.state(), LinkState::NeverTried);
+        assert!(link.ready(start));
+
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            link.on_failure(start);
+            if let LinkState::Waiting { retry_in, .. } = link.state() {
+                delays.push(retry_in.as_secs());
+            }
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(
+            link.state(),
+            LinkState::Waiting {
+                attempt: 6,
+                retry_in: Duration::from_secs(10)
+            }
+        );
+
+        link.on_success();
+        assert_eq!(link.state(), LinkState::Connected);
+        assert!(link.ready(start));
+        link.on_failure(start);
+        assert_eq!(
+            link.state(),
+            LinkState::Waiting {
+                attempt: 1,
+                retry_in: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn reconnect_ready_only_after_the_delay() {
+        let start = Instant::now();
+        let mut link = Reconnect::new(Duration::from_millis(500), Duration::from_secs(30));
+        link.on_failure(start);
+        assert!(!link.ready(start));
+        assert!(!link.ready(start + Duration::from_millis(499)));
+        assert!(link.ready(start + Duration::from_millis(500)));
+        let later = start + Duration::from_secs(5);
+        link.on_failure(later);
+        assert!(!link.ready(later + Duration::from_millis(999)));
+        assert!(link.ready(later + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn reconnect_survives_extreme_settings() {
+        let start = Instant::now();
+        let mut link = Reconnect::new(Duration::MAX, Duration::MAX);
+        for _ in 0..100 {
+            link.on_failure(start);
+        }
+        assert!(!link.ready(start));
+        let mut zero = Reconnect::new(Duration::ZERO, Duration::ZERO);
+        zero.on_failure(start);
+        assert!(zero.ready(start));
+    }
+
+    /// The MQTT publisher's schedule: 1 s, doubling to 30 s, from 1 s again after a session
+    /// that had connected.
+    #[test]
+    fn mqtt_schedule_starts_at_1_s_caps_at_30_s_and_resets_after_a_connection() {
+        let now = Instant::now();
+        let mut link = Reconnect::new(Duration::from_secs(1), Duration::from_secs(30));
+        assert_eq!(link.retry_in(), Duration::ZERO);
+        let delays: Vec<u64> = (0..7)
+            .map(|_| {
+                link.on_failure(now);
+                link.retry_in().as_secs()
+            })
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+
+        link.on_success();
+        assert_eq!(link.retry_in(), Duration::ZERO);
+        link.on_failure(now);
+        assert_eq!(link.retry_in(), Duration::from_secs(1));
     }
 }

@@ -9,7 +9,7 @@
 //! - [`store`]: SQLite (captures, results, outbox) and the saved images.
 //! - [`message`]: the stored, published and exported result message (JSON, CSV row).
 //! - [`control`]: the command protocol (capture requests, `status`), shared by MQTT and the socket.
-//! - [`publish`]: MQTT delivery from the outbox, status, commands, Home Assistant discovery.
+//! - [`mqtt`]: MQTT delivery from the outbox, status, commands, Home Assistant discovery.
 //! - [`daemon`]: the service that wires them together.
 //! - [`bench`]: latency, load time and memory figures.
 //! - [`sys`]: peak memory and `malloc_trim`, the crate's only `unsafe`.
@@ -26,8 +26,8 @@ pub mod control;
 pub mod daemon;
 pub mod message;
 pub mod model;
+pub mod mqtt;
 pub mod pipeline;
-pub mod publish;
 pub mod store;
 pub mod sys;
 pub mod vision;

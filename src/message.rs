@@ -1,7 +1,7 @@
 //! The result message: what the device stores for each capture, publishes on
 //! `<prefix>/<device>/result` and exports (`dermaedge results`), as JSON (docs/mqtt.md,
 //! docs/message.schema.json) or as one CSV row. The contract with dashboards lives here; the
-//! transports (publish.rs, the CLI export) only move it.
+//! transports (the MQTT publisher in mqtt/, the CLI export) only move it.
 
 use serde_json::{json, Value};
 

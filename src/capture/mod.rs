@@ -681,10 +681,8 @@ mod tests {
     use super::devices::*;
     use super::mjpeg::*;
     use super::*;
-    use crate::backoff::*;
     use image::{ImageFormat, Rgb, RgbImage};
     use std::borrow::Cow;
-    use std::time::Instant;
 
     // Known BT.601 limited-range YUV values of the primaries.
     const RED: (u8, u8, u8) = (81, 90, 240);
@@ -1246,69 +1244,6 @@ mod tests {
         // The log says what the status JSON says (crate::wire): the serde names.
         assert_eq!(names, ["mjpeg", "yuyv", "uyvy", "rgb24"]);
         assert_eq!(FormatChoice::Auto.to_string(), "auto");
-    }
-
-    #[test]
-    fn reconnect_backoff_doubles_caps_and_resets() {
-        let start = Instant::now();
-        let mut link = Reconnect::new(Duration::from_secs(1), Duration::from_secs(10));
-        assert_eq!(link.state(), LinkState::NeverTried);
-        assert!(link.ready(start));
-
-        let mut delays = Vec::new();
-        for _ in 0..6 {
-            link.on_failure(start);
-            if let LinkState::Waiting { retry_in, .. } = link.state() {
-                delays.push(retry_in.as_secs());
-            }
-        }
-        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
-        assert_eq!(
-            link.state(),
-            LinkState::Waiting {
-                attempt: 6,
-                retry_in: Duration::from_secs(10)
-            }
-        );
-
-        link.on_success();
-        assert_eq!(link.state(), LinkState::Connected);
-        assert!(link.ready(start));
-        link.on_failure(start);
-        assert_eq!(
-            link.state(),
-            LinkState::Waiting {
-                attempt: 1,
-                retry_in: Duration::from_secs(1)
-            }
-        );
-    }
-
-    #[test]
-    fn reconnect_ready_only_after_the_delay() {
-        let start = Instant::now();
-        let mut link = Reconnect::new(Duration::from_millis(500), Duration::from_secs(30));
-        link.on_failure(start);
-        assert!(!link.ready(start));
-        assert!(!link.ready(start + Duration::from_millis(499)));
-        assert!(link.ready(start + Duration::from_millis(500)));
-        let later = start + Duration::from_secs(5);
-        link.on_failure(later);
-        assert!(!link.ready(later + Duration::from_millis(999)));
-        assert!(link.ready(later + Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn reconnect_survives_extreme_settings() {
-        let start = Instant::now();
-        let mut link = Reconnect::new(Duration::MAX, Duration::MAX);
-        for _ in 0..100 {
-            link.on_failure(start);
-        }
-        assert!(!link.ready(start));
-        let mut zero = Reconnect::new(Duration::ZERO, Duration::ZERO);
-        zero.on_failure(start);
-        assert!(zero.ready(start));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::Config;
 use crate::control::{socket, Commands, Job, Link, WorkerStatus};
+use crate::mqtt::{self, Publisher};
 use crate::pipeline::Analyzer;
-use crate::publish::{self, Publisher};
 use crate::store::Store;
 
 mod folder;
@@ -48,7 +48,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
 /// READY, then the shutdown sequence of the module comment.
 async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
     let started = Instant::now();
-    publish::check_tls(&config)?;
+    mqtt::check_tls(&config)?;
     crate::model::set_threads(config.threads);
     let outbox = Arc::new(Notify::new());
     let (link_tx, link_rx) = watch::channel(if config.mqtt.host.is_some() {

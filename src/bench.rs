@@ -10,7 +10,8 @@ use image::imageops::FilterType;
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::model::{self, Model, ModelError, OpTime, Precision};
+use crate::manifest::Precision;
+use crate::model::{self, Model, ModelError, OpTime};
 use crate::pipeline::{AnalysisConfig, AnalyzeError, Analyzer, Timings};
 use crate::vision::{self, DecodeError};
 use crate::wire;

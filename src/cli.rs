@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::control::{socket, CaptureRequest, Sex};
 use crate::daemon;
-use crate::model::{self, Precision, CLASSES};
+use crate::manifest::{self, Precision, CLASSES};
 use crate::pipeline::{AnalysisConfig, Analyzer};
 use crate::store::Store;
 use crate::vision;
@@ -441,7 +441,7 @@ fn export_results(db: &Path, since: Option<&str>, csv: bool) -> Result<(), Failu
 }
 
 fn list_models(dir: &Path) -> Result<(), Failure> {
-    let manifests = model::manifests_in(dir)?;
+    let manifests = manifest::manifests_in(dir)?;
     if manifests.is_empty() {
         return Err(format!("{}: no model manifests here", dir.display()).into());
     }

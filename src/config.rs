@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::capture::CameraSettings;
-use crate::model::Precision;
+use crate::manifest::Precision;
 use crate::pipeline::AnalysisConfig;
 use crate::vision::DecodeLimits;
 

@@ -1,6 +1,7 @@
 //! dermaedge: offline skin-lesion diagnosis support on a Raspberry-Pi-class device.
 //!
-//! - [`model`]: manifests (the trainer's contract), verified loading into tract.
+//! - [`manifest`]: the model manifest (the trainer's contract) and the rules the device checks.
+//! - [`model`]: verified loading into tract, running a plan.
 //! - [`vision`]: decoding, the manifest's preprocessing steps, quality, masks, measurements.
 //! - [`pipeline`]: one frame to one [`pipeline::Analysis`] (the device's result contract).
 //! - [`capture`]: V4L2 cameras, frame conversion, device listing.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod manifest;
 pub mod message;
 pub mod model;
 pub mod mqtt;

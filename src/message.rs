@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::model::CLASSES;
+use crate::manifest::CLASSES;
 use crate::pipeline::Analysis;
 
 /// What goes into a result message (docs/mqtt.md, docs/message.schema.json).

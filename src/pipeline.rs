@@ -13,7 +13,8 @@ use std::time::Instant;
 use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
-use crate::model::{self, Model, ModelError, Precision, CLASSES};
+use crate::manifest::{self, Precision, CLASSES};
+use crate::model::{Model, ModelError};
 use crate::vision::{self, DecodeError, DecodeLimits, FrameQuality, Measurements};
 
 /// 2: the `not_dermoscopic` reason and `quality.ood_distance` / `ood_threshold`.
@@ -85,6 +86,17 @@ pub enum AnalyzeError {
 pub enum Status {
     Ok,
     Recapture,
+}
+
+impl Status {
+    /// Ok only when nothing asks for a recapture.
+    fn of(reasons: &[Reason]) -> Status {
+        if reasons.is_empty() {
+            Status::Ok
+        } else {
+            Status::Recapture
+        }
+    }
 }
 
 /// Why a frame must be captured again.
@@ -206,6 +218,24 @@ pub struct Analyzer {
     pub config: AnalysisConfig,
 }
 
+/// No lesion, or one cut off by the field's edge (only the first applies).
+fn lesion_reason(c: &AnalysisConfig, lesion_fraction: f32, contact: f32) -> Option<Reason> {
+    if lesion_fraction < c.min_lesion_fraction {
+        Some(Reason::NoLesion)
+    } else if contact > c.max_border_contact {
+        Some(Reason::LesionCutOff)
+    } else {
+        None
+    }
+}
+
+/// The lesion found at the working size.
+struct LesionMask {
+    work_mask: GrayImage,
+    lesion_fraction: f32,
+    contact: f32,
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -217,8 +247,8 @@ impl Analyzer {
         precision: Precision,
         config: AnalysisConfig,
     ) -> Result<Analyzer, ModelError> {
-        let segmenter = Model::load(&model::find(dir, "segmentation", precision)?)?;
-        let classifier = Model::load(&model::find(dir, "classification", precision)?)?;
+        let segmenter = Model::load(&manifest::find(dir, "segmentation", precision)?)?;
+        let classifier = Model::load(&manifest::find(dir, "classification", precision)?)?;
         Ok(Analyzer {
             segmenter,
             classifier,
@@ -289,29 +319,20 @@ impl Analyzer {
         let logits = self.infer(&self.segmenter, prepared_seg.tensor(false))?;
         timings.segment_ms = prepare_ms + ms(t); // preprocessing + inference
         let t = Instant::now();
-        let threshold = seg.decision.mask_threshold.unwrap_or(0.5);
-        let raw = vision::mask_from_logits(&logits, seg.input_hw(), work.dimensions(), threshold);
-        let work_mask = vision::largest_component_filled(&raw);
-        let area = work_mask.pixels().filter(|p| p[0] > 0).count() as f64;
-        let lesion_fraction = (area / (f64::from(work.width()) * f64::from(work.height()))) as f32;
-        let contact =
-            vision::border_contact(&work_mask, vision::Rect::whole(work.width(), work.height()))
-                as f32;
+        let LesionMask {
+            work_mask,
+            lesion_fraction,
+            contact,
+        } = self.lesion_mask(&logits, work.dimensions());
         let mask = vision::frame_mask(&work_mask, frame.dimensions(), field);
         timings.lesion_ms = ms(t);
-        if lesion_fraction < c.min_lesion_fraction {
-            reasons.push(Reason::NoLesion);
-        } else if contact > c.max_border_contact {
-            reasons.push(Reason::LesionCutOff);
-        }
+        reasons.extend(lesion_reason(c, lesion_fraction, contact));
 
         let t = Instant::now();
-        let lesion = if lesion_fraction > 0.0 {
-            vision::measure(&work, &work_mask, c.pixel_pitch_mm.map(|p| p / scale))
-                .map(|m| to_frame_scale(m, scale, field))
-        } else {
-            None
-        };
+        let lesion = (lesion_fraction > 0.0)
+            .then(|| vision::measure(&work, &work_mask, c.pixel_pitch_mm.map(|p| p / scale)))
+            .flatten()
+            .map(|m| to_frame_scale(m, scale, field));
         timings.measure_ms = ms(t);
 
         let (mut classification, mut ood_distance) = (None, None);
@@ -332,11 +353,7 @@ impl Analyzer {
             image: name.to_string(),
             width: frame.width(),
             height: frame.height(),
-            status: if reasons.is_empty() {
-                Status::Ok
-            } else {
-                Status::Recapture
-            },
+            status: Status::of(&reasons),
             recapture_reasons: reasons,
             quality: Quality {
                 frame: fq,
@@ -347,25 +364,48 @@ impl Analyzer {
             },
             classification,
             lesion,
-            models: [&self.segmenter, &self.classifier]
-                .iter()
-                .map(|m| ModelInfo {
-                    name: m.manifest.name.clone(),
-                    version: m.manifest.version.clone(),
-                    precision: m.manifest.precision,
-                    sha256: m.manifest.sha256.clone(),
-                })
-                .collect(),
+            models: self.model_infos(),
             timings,
             mask,
         })
+    }
+
+    /// The segmenter's logits to the lesion at the working size: thresholded, the largest
+    /// component with its holes filled, its share of the field and of the field's edge.
+    fn lesion_mask(&self, logits: &[f32], work: (u32, u32)) -> LesionMask {
+        let seg = &self.segmenter.manifest;
+        let threshold = seg.decision.mask_threshold.unwrap_or(0.5);
+        let raw = vision::mask_from_logits(logits, seg.input_hw(), work, threshold);
+        let work_mask = vision::largest_component_filled(&raw);
+        let area = work_mask.pixels().filter(|p| p[0] > 0).count() as f64;
+        let lesion_fraction = (area / (f64::from(work.0) * f64::from(work.1))) as f32;
+        let contact =
+            vision::border_contact(&work_mask, vision::Rect::whole(work.0, work.1)) as f32;
+        LesionMask {
+            work_mask,
+            lesion_fraction,
+            contact,
+        }
+    }
+
+    /// Which models made a result (name, version, precision, checksum).
+    fn model_infos(&self) -> Vec<ModelInfo> {
+        [&self.segmenter, &self.classifier]
+            .iter()
+            .map(|m| ModelInfo {
+                name: m.manifest.name.clone(),
+                version: m.manifest.version.clone(),
+                precision: m.manifest.precision,
+                sha256: m.manifest.sha256.clone(),
+            })
+            .collect()
     }
 
     /// The usable field of `frame`: inside the dermatoscope's border, as the segmenter's
     /// preprocessing crops it (the analysis takes the same box from `vision::prepare`).
     pub fn field(&self, frame: &RgbImage) -> vision::Rect {
         match self.segmenter.manifest.preprocessing.first() {
-            Some(model::Step::CropBorder {
+            Some(manifest::Step::CropBorder {
                 luma_threshold,
                 min_bright_fraction,
                 min_keep,

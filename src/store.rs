@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OpenFlags};
 
-use crate::model::sha256_hex;
+use crate::wire::sha256_hex;
 
 /// Each entry moves the schema one `user_version` up; never edit a shipped entry, add one.
 const MIGRATIONS: &[&str] = &[

@@ -5,7 +5,8 @@
 
 mod common;
 
-use dermaedge::model::{manifests_in, Model, Step};
+use dermaedge::manifest::{manifests_in, Step};
+use dermaedge::model::Model;
 use dermaedge::pipeline::softmax;
 use dermaedge::vision;
 use serde_json::Value;
@@ -47,7 +48,7 @@ fn tract_reproduces_the_onnxruntime_reference_outputs() {
     for (model, reference) in references() {
         let m = &model.manifest;
         let (mean, std, scale) = norm(&model);
-        let int8 = m.precision == dermaedge::model::Precision::Int8;
+        let int8 = m.precision == dermaedge::manifest::Precision::Int8;
         for case in reference["cases"].as_array().unwrap() {
             let input = image::open(dir.join(case["input"].as_str().unwrap()))
                 .unwrap()

@@ -338,6 +338,53 @@ impl fmt::Debug for Camera {
     }
 }
 
+/// Pick the pixel format (the setting, or the best the camera offers) and set it with the
+/// size asked for; the driver may choose another size, which is logged.
+fn negotiate_format(
+    device: &Device,
+    path: &Path,
+    settings: &CameraSettings,
+) -> Result<(PixelFormat, Format), CaptureError> {
+    let offered = device
+        .enum_formats()
+        .map_err(setup_error(path, "list its pixel formats"))?;
+    let fourccs: Vec<FourCC> = offered.iter().map(|d| d.fourcc).collect();
+    let Some((format, fourcc)) = choose_format(settings.format, &fourccs) else {
+        return Err(CaptureError::NoSupportedFormat {
+            device: path.to_path_buf(),
+            wanted: settings.format,
+            offered: offered.iter().map(describe_format).collect(),
+        });
+    };
+
+    let requested = Format::new(settings.width, settings.height, fourcc);
+    let actual = device
+        .set_format(&requested)
+        .map_err(setup_error(path, "set the pixel format"))?;
+    check_negotiated(&requested, &actual).map_err(setup_error(path, "set the pixel format"))?;
+    if (actual.width, actual.height) != (requested.width, requested.height) {
+        log::info!(
+            "{}: asked for {}x{}, the driver chose {}x{}",
+            path.display(),
+            requested.width,
+            requested.height,
+            actual.width,
+            actual.height
+        );
+    }
+    Ok((format, actual))
+}
+
+/// A failed setup `step` on `device`, as a `map_err` closure.
+fn setup_error(device: &Path, step: &'static str) -> impl FnOnce(io::Error) -> CaptureError {
+    let device = device.to_path_buf();
+    move |source| CaptureError::Setup {
+        device,
+        step,
+        source,
+    }
+}
+
 impl Camera {
     /// Opens the camera, negotiates format and size, starts streaming and drops the warm-up
     /// frames.
@@ -350,18 +397,10 @@ impl Camera {
             device: path.clone(),
             source,
         })?;
-        let setup_error = |step: &'static str| {
-            let device = path.clone();
-            move |source: io::Error| CaptureError::Setup {
-                device,
-                step,
-                source,
-            }
-        };
 
         let caps = device
             .query_caps()
-            .map_err(setup_error("query its capabilities"))?;
+            .map_err(setup_error(&path, "query its capabilities"))?;
         let needed = CapabilityFlags::VIDEO_CAPTURE | CapabilityFlags::STREAMING;
         if !caps.capabilities.contains(needed) {
             return Err(CaptureError::NotCaptureDevice {
@@ -371,33 +410,7 @@ impl Camera {
             });
         }
 
-        let offered = device
-            .enum_formats()
-            .map_err(setup_error("list its pixel formats"))?;
-        let fourccs: Vec<FourCC> = offered.iter().map(|d| d.fourcc).collect();
-        let Some((format, fourcc)) = choose_format(settings.format, &fourccs) else {
-            return Err(CaptureError::NoSupportedFormat {
-                device: path,
-                wanted: settings.format,
-                offered: offered.iter().map(describe_format).collect(),
-            });
-        };
-
-        let requested = Format::new(settings.width, settings.height, fourcc);
-        let actual = device
-            .set_format(&requested)
-            .map_err(setup_error("set the pixel format"))?;
-        check_negotiated(&requested, &actual).map_err(setup_error("set the pixel format"))?;
-        if (actual.width, actual.height) != (requested.width, requested.height) {
-            log::info!(
-                "{}: asked for {}x{}, the driver chose {}x{}",
-                path.display(),
-                requested.width,
-                requested.height,
-                actual.width,
-                actual.height
-            );
-        }
+        let (format, actual) = negotiate_format(&device, &path, settings)?;
         // Some drivers leave bytesperline 0 for packed formats; then rows are back to back.
         let bytesperline = match packed_row_bytes(format, actual.width) {
             Some(tight) => actual.stride.max(u32::try_from(tight).unwrap_or(u32::MAX)),
@@ -405,7 +418,7 @@ impl Camera {
         };
 
         let mut stream = Stream::with_buffers(&device, BufferType::VideoCapture, BUFFER_COUNT)
-            .map_err(setup_error("allocate capture buffers"))?;
+            .map_err(setup_error(&path, "allocate capture buffers"))?;
         stream.set_timeout(FRAME_TIMEOUT);
 
         let mut camera = Camera {

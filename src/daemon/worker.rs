@@ -539,7 +539,7 @@ impl Worker {
     ) -> ResultRow {
         let image_sha = match &row.image {
             Some(saved) => saved.sha256.clone(),
-            None => crate::model::sha256_hex(&image.bytes),
+            None => crate::wire::sha256_hex(&image.bytes),
         };
         let message = crate::message::result_message(&crate::message::MessageParts {
             id: &row.id,

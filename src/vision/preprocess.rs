@@ -13,7 +13,7 @@ use image::{GrayImage, Rgb, RgbImage};
 use serde::Serialize;
 use tract_onnx::prelude::{tract_ndarray, Tensor};
 
-use crate::model::Step;
+use crate::manifest::Step;
 
 /// A half-open pixel box `[top, bottom) x [left, right)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -264,6 +264,8 @@ fn dispatch(command: Command) -> Result<i32, Failure> {
 
 fn check_config(file: &Path) -> Result<i32, Failure> {
     let c = Config::from_file(file)?;
+    // What `run` reads at start: a missing password file fails here too.
+    crate::mqtt::Credentials::load(&c).map_err(|e| format!("{}: {e}", file.display()))?;
     println!(
         "{}: ok (device {}, source {:?}, mqtt {})",
         file.display(),

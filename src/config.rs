@@ -380,17 +380,8 @@ impl Config {
         if m.password_file.is_some() && m.username.is_none() {
             return Err("mqtt.username: required with mqtt.password_file".into());
         }
-        // Secret and certificate files must be readable now, not at the first connection.
-        for (key, path) in [
-            ("mqtt.password_file", &m.password_file),
-            ("mqtt.ca_file", &m.ca_file),
-            ("mqtt.client_cert_file", &m.client_cert_file),
-            ("mqtt.client_key_file", &m.client_key_file),
-        ] {
-            if let Some(p) = path {
-                read_secret(key, p)?;
-            }
-        }
+        // The secret and certificate files are read at start (mqtt::Credentials::load, which
+        // check-config runs too), not here: parsing a config reads no secrets.
         Ok(())
     }
 
@@ -490,10 +481,6 @@ mod tests {
             ("[mqtt]\nport = 0", "mqtt.port"),
             ("[mqtt]\nprefix = \"a/#\"", "mqtt.prefix"),
             ("[mqtt]\ntls = true", "mqtt.ca_file"),
-            (
-                "[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"",
-                "mqtt.password_file",
-            ),
             (
                 "[analysis]\nmax_border_contact = 2.0",
                 "analysis.max_border_contact",

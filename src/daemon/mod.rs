@@ -44,11 +44,12 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     runtime.block_on(serve(Arc::new(config), options))
 }
 
-/// Start-up in order (TLS settings, database, models, worker, MQTT and socket front ends),
+/// Start-up in order (MQTT secrets and TLS settings, database, models, worker, MQTT and socket front ends),
 /// READY, then the shutdown sequence of the module comment.
 async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
     let started = Instant::now();
-    mqtt::check_tls(&config)?;
+    // Secrets and certificates are read once, here: a bad one stops the start by its key.
+    let credentials = mqtt::Credentials::load(&config)?;
     crate::model::set_threads(config.threads);
     let outbox = Arc::new(Notify::new());
     let (link_tx, link_rx) = watch::channel(if config.mqtt.host.is_some() {
@@ -58,14 +59,13 @@ async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
     });
     let (worker, ready, commands) = start_worker(&config, options, outbox.clone(), link_rx).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let publisher = start_publisher(
-        &config,
-        options,
+    let wiring = mqtt::Wiring {
         outbox,
-        commands.clone(),
-        link_tx,
-        shutdown_rx.clone(),
-    )?;
+        commands: commands.clone(),
+        link: link_tx,
+        shutdown: shutdown_rx.clone(),
+    };
+    let publisher = start_publisher(&config, credentials, options, wiring)?;
     let socket = start_socket(&config, commands, shutdown_rx)?;
 
     log::info!("ready in {} ms: {ready}", started.elapsed().as_millis());
@@ -148,11 +148,9 @@ async fn start_worker(
 /// it gets a minute to deliver what the folder run produced.
 fn start_publisher(
     config: &Arc<Config>,
+    credentials: mqtt::Credentials,
     options: RunOptions,
-    outbox: Arc<Notify>,
-    commands: Commands,
-    link: watch::Sender<Link>,
-    shutdown: watch::Receiver<bool>,
+    wiring: mqtt::Wiring,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
     if config.mqtt.host.is_none() {
         return Ok(None);
@@ -161,15 +159,7 @@ fn start_publisher(
         Store::open(&config.database_path(), &config.images_dir()).map_err(|e| e.to_string())?;
     store.relax_durability().map_err(|e| e.to_string())?;
     let flush = Duration::from_secs(if options.once { 60 } else { 5 });
-    let p = Publisher::new(
-        config.clone(),
-        store,
-        outbox,
-        commands,
-        link,
-        shutdown,
-        flush,
-    );
+    let p = Publisher::new(config.clone(), credentials, store, wiring, flush);
     Ok(Some(tokio::spawn(p.run())))
 }
 

@@ -34,8 +34,7 @@ mod tls;
 mod window;
 
 use discovery::discovery;
-pub use tls::check_tls;
-use tls::{credentials, tls_transport};
+pub use tls::Credentials;
 use window::PubackWindow;
 
 /// The topics of one device.
@@ -69,8 +68,19 @@ impl Topics {
     }
 }
 
+/// The channels the daemon wires the publisher to.
+pub struct Wiring {
+    /// Woken when the worker records a result.
+    pub outbox: Arc<Notify>,
+    pub commands: Commands,
+    pub link: watch::Sender<Link>,
+    /// true: finish (deliver what is pending, for `flush` at most), say offline, disconnect.
+    pub shutdown: watch::Receiver<bool>,
+}
+
 pub struct Publisher {
     config: Arc<Config>,
+    credentials: Credentials,
     topics: Topics,
     store: Store,
     /// Woken when the worker records a result.
@@ -144,21 +154,20 @@ impl Connection {
 impl Publisher {
     pub fn new(
         config: Arc<Config>,
+        credentials: Credentials,
         store: Store,
-        outbox: Arc<Notify>,
-        commands: Commands,
-        link: watch::Sender<Link>,
-        shutdown: watch::Receiver<bool>,
+        wiring: Wiring,
         flush: Duration,
     ) -> Publisher {
         Publisher {
             topics: Topics::new(&config),
             config,
+            credentials,
             store,
-            outbox,
-            commands,
-            link,
-            shutdown,
+            outbox: wiring.outbox,
+            commands: wiring.commands,
+            link: wiring.link,
+            shutdown: wiring.shutdown,
             flush,
             stop_at: None,
         }
@@ -212,7 +221,7 @@ impl Publisher {
         }
     }
 
-    fn options(&self) -> Result<MqttOptions, String> {
+    fn options(&self) -> MqttOptions {
         let m = &self.config.mqtt;
         let id = m
             .client_id
@@ -231,21 +240,13 @@ impl Publisher {
         o.set_inflight((m.window + 16).min(u16::MAX as usize) as u16);
         // Oversized commands are answered with an error, not by dropping the connection.
         o.set_max_packet_size(m.max_command_bytes.max(1 << 20), 64 << 20);
-        if let Some((user, password)) = credentials(&self.config)? {
-            o.set_credentials(user, password);
-        }
-        if m.tls {
-            o.set_transport(tls_transport(&self.config)?);
-        }
-        Ok(o)
+        self.credentials.apply(&mut o);
+        o
     }
 
     /// One connection, from a fresh client to its loss or the shutdown.
     async fn session(&mut self) -> Ended {
-        let options = match self.options() {
-            Ok(o) => o,
-            Err(e) => return Ended::lost(false, e),
-        };
+        let options = self.options();
         let (client, mut events) = AsyncClient::new(options, self.config.mqtt.window + 64);
         if let Err(ended) = self.connect(&mut events).await {
             return ended;

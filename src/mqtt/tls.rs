@@ -1,18 +1,60 @@
 //! How the daemon proves itself to the broker: TLS (rustls with the `ring` provider, the
 //! configured CA and, when given, a client certificate) and the username and password. Kept
 //! apart from delivery because it is all file reading and error wording: every failure names
-//! the configuration key. Built for every connection (a fresh client each time), and once at
-//! start by [`check_tls`] so a bad certificate stops the start rather than every connection.
+//! the configuration key. Read once, at start ([`Credentials::load`], also run by
+//! `check-config`), so a missing password file or a bad certificate stops the start with the
+//! key's name instead of failing every connection; a changed file takes effect at restart.
 
 use std::sync::Arc;
 
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
 use crate::config::{read_secret, Config};
 
+/// The login and TLS settings every connection uses. Debug never shows the password.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    login: Option<(String, String)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.login.as_ref().map(|(u, _)| u))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Read the password, CA and client certificate files the config names.
+    pub fn load(config: &Config) -> Result<Credentials, String> {
+        Ok(Credentials {
+            login: credentials(config)?,
+            tls: if config.mqtt.tls {
+                Some(Arc::new(tls_config(config)?))
+            } else {
+                None
+            },
+        })
+    }
+
+    pub(super) fn apply(&self, options: &mut MqttOptions) {
+        if let Some((user, password)) = &self.login {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+    }
+}
+
 /// The username and its password, if a username is configured. Without a password file the
 /// password is empty; line ends after the password are dropped (files written with `echo`).
-pub(super) fn credentials(config: &Config) -> Result<Option<(String, String)>, String> {
+fn credentials(config: &Config) -> Result<Option<(String, String)>, String> {
     let m = &config.mqtt;
     let Some(user) = &m.username else {
         return Ok(None);
@@ -27,21 +69,6 @@ pub(super) fn credentials(config: &Config) -> Result<Option<(String, String)>, S
         user.clone(),
         pw.trim_end_matches(['\n', '\r']).to_string(),
     )))
-}
-
-pub(super) fn tls_transport(config: &Config) -> Result<Transport, String> {
-    Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(tls_config(config)?),
-    )))
-}
-
-/// Build the TLS settings once at start, so a bad certificate or key stops the start with the
-/// key's name instead of failing every connection attempt.
-pub fn check_tls(config: &Config) -> Result<(), String> {
-    if config.mqtt.host.is_some() && config.mqtt.tls {
-        tls_config(config)?;
-    }
-    Ok(())
 }
 
 /// rustls with the `ring` provider (no C toolchain needed for aarch64), the configured CA
@@ -84,5 +111,33 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, String> {
             })
         }
         _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_read_at_load_and_never_shown() {
+        // Parsing reads no secrets; loading names the key of the file it cannot read.
+        let c = config("[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n");
+        let e = Credentials::load(&c).unwrap_err();
+        assert!(e.starts_with("mqtt.password_file"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let c = config(&format!(
+            "[mqtt]\nusername = \"u\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ));
+        let creds = Credentials::load(&c).unwrap();
+        assert_eq!(creds.login, Some(("u".into(), "hunter2".into())));
+        assert!(!format!("{creds:?}").contains("hunter2"));
     }
 }

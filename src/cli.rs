@@ -388,18 +388,21 @@ impl SubmissionCsv {
     }
 }
 
-fn run(config: Option<&Path>, demo: bool, once: bool) -> Result<(), String> {
+fn run(config: Option<&Path>, demo: bool, once: bool) -> Result<(), Failure> {
     let config = match (config, demo) {
         (Some(p), _) => Config::from_file(p)?,
-        (None, true) => Config::parse(crate::config::DEMO).map_err(|e| format!("demo config: {e}"))?,
+        (None, true) => {
+            Config::parse(crate::config::DEMO).map_err(|e| format!("demo config: {e}"))?
+        }
         (None, false) => {
             return Err(
                 "give --config FILE (see systemd/dermaedge.toml), or --demo to try it on the bundled samples"
                     .into(),
-            )
+            );
         }
     };
-    daemon::run(config, daemon::RunOptions { once })
+    daemon::run(config, daemon::RunOptions { once })?;
+    Ok(())
 }
 
 /// Send `request`, print the daemon's answer; exit status 1 when it says `ok: false`.

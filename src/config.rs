@@ -232,31 +232,58 @@ impl fmt::Debug for Secret {
 /// a local database, no camera and no broker.
 pub const DEMO: &str = include_str!("../scripts/demo.toml");
 
+/// Why a config cannot be used. Every message names the file and the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config ({source})")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message: a syntax error, an unknown key or a wrong type, with the line.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value the types cannot refuse, as `key: problem`.
+    #[error("{0}")]
+    Value(String),
+    #[error("{path}: {source}")]
+    InFile {
+        path: PathBuf,
+        source: Box<ConfigError>,
+    },
+}
+
 impl Config {
     /// Read and check a config file.
-    pub fn from_file(path: &Path) -> Result<Config, String> {
-        let text = fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read the config ({e})", path.display()))?;
-        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| ConfigError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Parse and check config text.
-    pub fn parse(text: &str) -> Result<Config, String> {
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             // toml's message spans lines (source excerpt); keep it readable on one screen.
-            e.to_string().trim_end().to_string()
+            ConfigError::Syntax(e.to_string().trim_end().to_string())
         })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Value checks the types cannot express. The message names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        self.check_service()?;
-        self.camera.validate()?;
-        self.check_triggers()?;
-        self.check_analysis()?;
-        self.check_mqtt()
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_service()
+            .and_then(|()| self.camera.validate())
+            .and_then(|()| self.check_triggers())
+            .and_then(|()| self.check_analysis())
+            .and_then(|()| self.check_mqtt())
+            .map_err(ConfigError::Value)
     }
 
     /// Identity, model variant, threads, queue, state directory.
@@ -454,13 +481,17 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::parse("[mqtt]\nhots = \"x\"\n").unwrap_err();
+        let e = Config::parse("[mqtt]\nhots = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hots"), "{e}");
     }
 
     #[test]
     fn an_unknown_precision_names_the_key_and_the_variants() {
-        let e = Config::parse("precision = \"fp16\"\n").unwrap_err();
+        let e = Config::parse("precision = \"fp16\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("precision") && e.contains("`float32` or `int8`"),
             "{e}"
@@ -469,7 +500,9 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let e = Config::parse("[mqtt]\nport = \"high\"\n").unwrap_err();
+        let e = Config::parse("[mqtt]\nport = \"high\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("port"), "{e}");
     }
 
@@ -490,7 +523,7 @@ mod tests {
                 "folder.poll_ms",
             ),
         ] {
-            let e = Config::parse(text).unwrap_err();
+            let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.starts_with(key), "{text}: {e}");
         }
     }

@@ -309,10 +309,8 @@ impl Analyzer {
         let field = prepared_seg.border_box;
         let prepare_ms = ms(t);
         let t = Instant::now();
-        let (work, scale) = vision::working_field(frame, field, WORKING_SIDE);
-        let fq = vision::frame_quality(&work);
+        let (work, scale, fq, mut reasons) = self.judge_field(frame, field);
         timings.quality_ms = ms(t);
-        let mut reasons = frame_reasons(c, &fq);
 
         // Segment, keep the largest lesion, fill its holes (at the working resolution).
         let t = Instant::now();
@@ -419,10 +417,21 @@ impl Analyzer {
     /// so a frame auto capture takes is not then refused as blurred (and the reverse). Returns
     /// the field at the working resolution too (auto capture measures motion on it).
     pub fn judge_frame(&self, frame: &RgbImage) -> (RgbImage, FrameQuality, Vec<Reason>) {
-        let (work, _) = vision::working_field(frame, self.field(frame), WORKING_SIDE);
+        let (work, _, q, reasons) = self.judge_field(frame, self.field(frame));
+        (work, q, reasons)
+    }
+
+    /// The gate itself, on the usable `field` of `frame` at the working resolution (and the
+    /// scale from frame to working pixels): both `judge_frame` and the analysis call it.
+    fn judge_field(
+        &self,
+        frame: &RgbImage,
+        field: vision::Rect,
+    ) -> (RgbImage, f64, FrameQuality, Vec<Reason>) {
+        let (work, scale) = vision::working_field(frame, field, WORKING_SIDE);
         let q = vision::frame_quality(&work);
         let reasons = frame_reasons(&self.config, &q);
-        (work, q, reasons)
+        (work, scale, q, reasons)
     }
 
     /// The classifier's pass on the frame as it is gives the logits and the OOD distance; a

@@ -18,14 +18,34 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::Config;
 use crate::control::{socket, Commands, Job, Link, WorkerStatus};
+use crate::model::ModelError;
 use crate::mqtt::{self, Publisher};
 use crate::pipeline::Analyzer;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 mod folder;
 mod worker;
 
 use worker::*;
+
+/// Why the service cannot start or had to stop. The lower layers' errors pass through with
+/// their own message (they name the file or key at fault); the rest say what the service was
+/// doing when it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Service(String),
+}
+
+impl From<String> for DaemonError {
+    fn from(message: String) -> DaemonError {
+        DaemonError::Service(message)
+    }
+}
 
 /// Options of `dermaedge run` beyond the config file.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,7 +56,7 @@ pub struct RunOptions {
 }
 
 /// Run the service until SIGTERM/SIGINT (or, with `once`, until the folder is done).
-pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
+pub fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,7 +66,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
 
 /// Start-up in order (MQTT secrets and TLS settings, database, models, worker, MQTT and socket front ends),
 /// READY, then the shutdown sequence of the module comment.
-async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
+async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), DaemonError> {
     let started = Instant::now();
     // Secrets and certificates are read once, here: a bad one stops the start by its key.
     let credentials = mqtt::Credentials::load(&config)?;
@@ -87,13 +107,13 @@ async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), String> {
     match worker_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err("the worker thread failed".into()),
+        Err(_) => Err(DaemonError::Service("the worker thread failed".into())),
     }
 }
 
 /// The worker thread and the flag that asks it to stop.
 struct RunningWorker {
-    thread: std::thread::JoinHandle<Result<(), String>>,
+    thread: std::thread::JoinHandle<Result<(), DaemonError>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -104,11 +124,10 @@ async fn start_worker(
     options: RunOptions,
     outbox: Arc<Notify>,
     link: watch::Receiver<Link>,
-) -> Result<(RunningWorker, String, Commands), String> {
+) -> Result<(RunningWorker, String, Commands), DaemonError> {
     let db = config.database_path();
-    let store = Store::open(&db, &config.images_dir()).map_err(|e| e.to_string())?;
-    let analyzer = Analyzer::load(&config.models, config.precision, config.analysis_config())
-        .map_err(|e| e.to_string())?;
+    let store = Store::open(&db, &config.images_dir())?;
+    let analyzer = Analyzer::load(&config.models, config.precision, config.analysis_config())?;
     let (jobs_tx, jobs_rx) = sync_channel::<Job>(config.queue);
     let stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(Mutex::new(WorkerStatus::default()));
@@ -129,7 +148,9 @@ async fn start_worker(
     let Ok(ready) = ready_rx.await else {
         return match thread.join() {
             Ok(Err(e)) => Err(e),
-            _ => Err("the worker stopped during start-up".into()),
+            _ => Err(DaemonError::Service(
+                "the worker stopped during start-up".into(),
+            )),
         };
     };
     let commands = Commands {
@@ -151,13 +172,12 @@ fn start_publisher(
     credentials: mqtt::Credentials,
     options: RunOptions,
     wiring: mqtt::Wiring,
-) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
     if config.mqtt.host.is_none() {
         return Ok(None);
     }
-    let store =
-        Store::open(&config.database_path(), &config.images_dir()).map_err(|e| e.to_string())?;
-    store.relax_durability().map_err(|e| e.to_string())?;
+    let store = Store::open(&config.database_path(), &config.images_dir())?;
+    store.relax_durability()?;
     let flush = Duration::from_secs(if options.once { 60 } else { 5 });
     let p = Publisher::new(config.clone(), credentials, store, wiring, flush);
     Ok(Some(tokio::spawn(p.run())))
@@ -169,7 +189,7 @@ fn start_socket(
     config: &Config,
     commands: Commands,
     shutdown: watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
     if config.socket.as_os_str().is_empty() {
         return Ok(None);
     }
@@ -183,7 +203,7 @@ fn start_socket(
 /// for the capture in hand to be recorded.
 async fn stop_worker(
     worker: RunningWorker,
-) -> Result<std::thread::Result<Result<(), String>>, String> {
+) -> Result<std::thread::Result<Result<(), DaemonError>>, DaemonError> {
     let RunningWorker { thread, stop } = worker;
     let done = tokio::task::spawn_blocking(move || thread.join());
     tokio::pin!(done);

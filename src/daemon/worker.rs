@@ -21,6 +21,7 @@ use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
 use crate::wire;
 
 use super::folder::*;
+use super::DaemonError;
 
 /// The camera, opened on demand and reopened with backoff when it goes away.
 pub(crate) struct CameraLink {
@@ -79,7 +80,7 @@ impl Worker {
         mut self,
         jobs: Receiver<Job>,
         ready: oneshot::Sender<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DaemonError> {
         let description = self.start()?;
         crate::sys::release_free_memory();
         let _ = ready.send(description);
@@ -122,9 +123,9 @@ impl Worker {
     }
 
     /// Open what the source needs; returns the description for READY.
-    pub(crate) fn start(&mut self) -> Result<String, String> {
+    pub(crate) fn start(&mut self) -> Result<String, DaemonError> {
         let c = self.config.clone();
-        let (captures, results, pending) = self.store.counts().map_err(|e| e.to_string())?;
+        let (captures, results, pending) = self.store.counts()?;
         let mut parts = vec![format!(
             "models {} + {} ({})",
             self.analyzer.segmenter.manifest.name,
@@ -133,7 +134,7 @@ impl Worker {
         )];
         match c.source {
             SourceKind::Folder => {
-                let seen = self.store.source_keys().map_err(|e| e.to_string())?;
+                let seen = self.store.source_keys()?;
                 self.folder = Some(FolderWatch {
                     path: c.folder.path.clone(),
                     every: Duration::from_millis(c.folder.poll_ms),
@@ -268,7 +269,7 @@ impl Worker {
                     trigger,
                     context,
                 ),
-                Err(e) => Err(format!("{}: cannot read ({e})", file.display())),
+                Err(e) => Err(format!("{}: cannot read ({e})", file.display()).into()),
             }
         } else {
             match self.grab_frame() {
@@ -280,12 +281,13 @@ impl Worker {
                     trigger,
                     context,
                 ),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             }
         };
         match result {
             Ok(v) => v,
             Err(e) => {
+                let e = e.to_string();
                 log::warn!("capture ({}): {e}", wire::name(&trigger));
                 self.set_status(|s| s.last_error = Some(e.clone()));
                 Reply::error(e)
@@ -416,7 +418,7 @@ impl Worker {
         key: Option<&str>,
         trigger: Trigger,
         error: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), DaemonError> {
         log::warn!("{name}: {error}");
         let row = CaptureRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -427,10 +429,8 @@ impl Worker {
             error: Some(error),
             ..Default::default()
         };
-        self.store
-            .record(&row, None)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.store.record(&row, None)?;
+        Ok(())
     }
 
     /// Analyze, save the images, record capture + result + outbox in one transaction, wake
@@ -444,7 +444,7 @@ impl Worker {
         key: Option<&str>,
         trigger: Trigger,
         context: Option<Value>,
-    ) -> Result<Reply, String> {
+    ) -> Result<Reply, DaemonError> {
         let captured_at = now_rfc3339();
         let analyzed = match &input {
             Input::Bytes(bytes) => self.analyzer.analyze_bytes(bytes, name).map(|(_, a)| a),
@@ -492,7 +492,7 @@ impl Worker {
             for f in [&row.image, &row.mask].into_iter().flatten() {
                 let _ = fs::remove_file(&f.path);
             }
-            return Err(e.to_string());
+            return Err(e.into());
         }
         self.outbox.notify_one();
         log::info!("{} (id {id})", crate::pipeline::summary(&analysis));

@@ -29,7 +29,7 @@ pub enum ManifestError {
     Missing { dir: PathBuf, what: String },
 }
 
-fn invalid(path: &Path, msg: impl Into<String>) -> ManifestError {
+pub(crate) fn invalid(path: &Path, msg: impl Into<String>) -> ManifestError {
     ManifestError::Invalid {
         path: path.to_path_buf(),
         msg: msg.into(),

@@ -13,27 +13,18 @@ use tract_onnx::prelude::*;
 use crate::manifest::{Manifest, ManifestError};
 use crate::wire::sha256_hex;
 
-/// Why a model cannot run: its manifest, its file, or tract.
+/// Why a model cannot run: its manifest or the file it names (missing, corrupt, another
+/// file: `Manifest`), or tract.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("{path}: {msg}")]
-    Invalid { path: PathBuf, msg: String },
-    #[error("{path}: cannot read ({source})")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{path}: tract cannot load this model: {msg}")]
     Tract { path: PathBuf, msg: String },
 }
 
 fn invalid(path: &Path, msg: impl Into<String>) -> ModelError {
-    ModelError::Invalid {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
+    crate::manifest::invalid(path, msg).into()
 }
 
 /// A loaded, verified, optimized model ready to run.
@@ -68,7 +59,7 @@ impl Model {
         let manifest = Manifest::read(manifest_path)?;
         let dir = manifest_path.parent().unwrap_or(Path::new("."));
         let path = dir.join(&manifest.file);
-        let bytes = fs::read(&path).map_err(|source| ModelError::Io {
+        let bytes = fs::read(&path).map_err(|source| ManifestError::Io {
             path: path.clone(),
             source,
         })?;

@@ -97,7 +97,7 @@ def main() -> None:
         f'device_id = "bench"\nstate_dir = "{state}"\nmodels = "{REPO / "models"}"\n'
         f'precision = "{a.precision}"\nsocket = ""\nsource = "folder"\n'
         f'[folder]\npath = "{inbox}"\npoll_ms = 100\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nallow_insecure = true\n'
     )
     log = open(tmp / "daemon.log", "w")
     out = {"machine": os.uname().machine, "cpus": os.cpu_count(), "precision": a.precision}

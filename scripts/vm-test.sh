@@ -112,6 +112,7 @@ height = 480
 warmup_frames = 2
 [mqtt]
 host = "10.0.2.2"
+allow_insecure = true
 port = $PORT
 prefix = "vmtest"
 CONF

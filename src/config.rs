@@ -49,7 +49,7 @@ pub struct Config {
     pub camera: CameraSettings,
     pub auto_capture: AutoCapture,
     pub folder: FolderSource,
-    pub analysis: Analysis,
+    pub analysis: AnalysisSettings,
     pub storage: Storage,
     pub mqtt: Mqtt,
 }
@@ -74,11 +74,15 @@ pub struct FolderSource {
     pub poll_ms: u64,
 }
 
+/// The `[analysis]` section: what the operator may tune (the pipeline runs with the
+/// [`AnalysisConfig`] made from it, see [`Config::analysis_config`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Analysis {
+pub struct AnalysisSettings {
     pub tta: bool,
     pub max_pixels: u64,
+    /// Files (watched folder, `capture --file`) larger than this are refused unread.
+    pub max_file_mb: u64,
     /// Size of one image pixel on the skin, for areas in mm².
     pub pixel_pitch_um: Option<f64>,
     pub min_sharpness: f32,
@@ -118,8 +122,14 @@ pub struct Mqtt {
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
     pub keep_alive_s: u64,
+    /// Accept a broker link without TLS. Off: a plain-TCP broker is refused, since anyone on
+    /// the network could then read results with patient context and send commands.
+    pub allow_insecure: bool,
     /// Put the frame (base64 JPEG/PNG) into each result message. Off: images stay on the device.
     pub include_image: bool,
+    /// Name the analyzed file in result messages (`result.image`). Off: file names, which are
+    /// often patient names, stay on the device and messages carry the capture id instead.
+    pub include_file_name: bool,
     /// Publish Home Assistant discovery topics (retained) so dashboards find the device.
     pub home_assistant: bool,
     pub discovery_prefix: String,
@@ -132,7 +142,7 @@ pub struct Mqtt {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            device_id: "dermaedge".into(),
+            device_id: default_device_id(),
             state_dir: "/var/lib/dermaedge".into(),
             models: "/usr/share/dermaedge/models".into(),
             precision: Precision::Float32,
@@ -143,7 +153,7 @@ impl Default for Config {
             camera: CameraSettings::default(),
             auto_capture: AutoCapture::default(),
             folder: FolderSource::default(),
-            analysis: Analysis::default(),
+            analysis: AnalysisSettings::default(),
             storage: Storage::default(),
             mqtt: Mqtt::default(),
         }
@@ -170,12 +180,13 @@ impl Default for FolderSource {
     }
 }
 
-impl Default for Analysis {
+impl Default for AnalysisSettings {
     fn default() -> Self {
         let d = AnalysisConfig::default();
-        Analysis {
+        AnalysisSettings {
             tta: d.tta,
             max_pixels: d.limits.max_pixels,
+            max_file_mb: 64,
             pixel_pitch_um: None,
             min_sharpness: d.min_sharpness,
             min_mean_luma: d.min_mean_luma,
@@ -209,7 +220,9 @@ impl Default for Mqtt {
             client_cert_file: None,
             client_key_file: None,
             keep_alive_s: 30,
+            allow_insecure: false,
             include_image: false,
+            include_file_name: false,
             home_assistant: false,
             discovery_prefix: "homeassistant".into(),
             window: 32,
@@ -336,6 +349,7 @@ impl Config {
     fn check_analysis(&self) -> Result<(), String> {
         let an = &self.analysis;
         check_range("analysis.max_pixels", an.max_pixels as f64, 1024.0, 1e9)?;
+        check_range("analysis.max_file_mb", an.max_file_mb as f64, 1.0, 1024.0)?;
         if let Some(p) = an.pixel_pitch_um {
             check_range("analysis.pixel_pitch_um", p, 0.01, 1000.0)?;
         }
@@ -407,6 +421,12 @@ impl Config {
         if m.password_file.is_some() && m.username.is_none() {
             return Err("mqtt.username: required with mqtt.password_file".into());
         }
+        if m.host.is_some() && !m.tls && !m.allow_insecure {
+            return Err(
+                "mqtt.tls: the broker link would be plain TCP (anyone on the network could read results and send commands); set tls = true with ca_file (docs/mqtt.md), or allow_insecure = true to accept that"
+                    .into(),
+            );
+        }
         // The secret and certificate files are read at start (mqtt::Credentials::load, which
         // check-config runs too), not here: parsing a config reads no secrets.
         Ok(())
@@ -436,6 +456,24 @@ impl Config {
 
     pub fn images_dir(&self) -> PathBuf {
         self.state_dir.join("images")
+    }
+}
+
+/// The default `device_id`: "dermaedge-" and 12 hex digits of a hash of /etc/machine-id, so
+/// that two unconfigured devices on one broker neither kick each other off nor share
+/// commands (machine-id(5) asks for a hash, never the id itself); "dermaedge" where the
+/// file is missing. `check-config` and `status` print the id in effect.
+pub fn default_device_id() -> String {
+    device_id_from(fs::read_to_string("/etc/machine-id").ok().as_deref())
+}
+
+fn device_id_from(machine_id: Option<&str>) -> String {
+    match machine_id.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(m) => {
+            let hash = crate::wire::sha256_hex(format!("dermaedge:{m}").as_bytes());
+            format!("dermaedge-{}", &hash[..12])
+        }
+        None => "dermaedge".into(),
     }
 }
 
@@ -471,6 +509,22 @@ mod tests {
         let c = Config::parse(DEMO).unwrap();
         assert_eq!(c.source, SourceKind::Folder);
         assert!(c.mqtt.host.is_none());
+    }
+
+    #[test]
+    fn the_default_device_id_is_per_machine() {
+        let a = device_id_from(Some("0123456789abcdef0123456789abcdef\n"));
+        let b = device_id_from(Some("fedcba9876543210fedcba9876543210"));
+        assert!(a.starts_with("dermaedge-") && a.len() == 22, "{a}");
+        assert_ne!(a, b);
+        assert!(
+            !a.contains("0123456789ab"),
+            "the machine id itself never shows"
+        );
+        assert_eq!(device_id_from(None), "dermaedge");
+        assert_eq!(device_id_from(Some(" \n")), "dermaedge");
+        // What the default config uses passes its own check.
+        assert!(Config::parse("").is_ok());
     }
 
     #[test]
@@ -512,6 +566,7 @@ mod tests {
             ("device_id = \"a/b\"", "device_id"),
             ("threads = 0", "threads"),
             ("[mqtt]\nport = 0", "mqtt.port"),
+            ("[mqtt]\nhost = \"broker\"", "mqtt.tls"),
             ("[mqtt]\nprefix = \"a/#\"", "mqtt.prefix"),
             ("[mqtt]\ntls = true", "mqtt.ca_file"),
             (

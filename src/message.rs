@@ -95,12 +95,19 @@ pub fn csv_row(v: &Value) -> String {
     .join(",")
 }
 
-/// Quote a CSV field when it needs it.
+/// Quote a CSV field when it needs it. A text cell a spreadsheet would run as a formula (it
+/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return: a lesion id sent by anyone who
+/// may trigger a capture) gets a leading `'`, so it shows as the text it is.
 fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }
 
@@ -123,5 +130,19 @@ mod tests {
         );
         assert_eq!(csv_row(&v), want);
         assert_eq!(csv_header().split(',').count(), 20);
+    }
+
+    #[test]
+    fn csv_cells_that_look_like_formulas_stay_text() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(csv_field("+1"), "'+1");
+        assert_eq!(csv_field("-2+3"), "'-2+3");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("\tx"), "'\tx");
+        assert_eq!(csv_field("back, left"), "\"back, left\"");
+        assert_eq!(csv_field("L-7"), "L-7");
     }
 }

@@ -294,7 +294,7 @@ impl Site {
     fn config(&self, port: Option<u16>, extra: &str) -> PathBuf {
         let mqtt = match port {
             Some(p) => format!(
-                "[mqtt]\nhost = \"127.0.0.1\"\nport = {p}\nprefix = \"t\"\nkeep_alive_s = 5\n{extra}\n"
+                "[mqtt]\nhost = \"127.0.0.1\"\nport = {p}\nprefix = \"t\"\nkeep_alive_s = 5\nallow_insecure = true\n{extra}\n"
             ),
             None => String::new(),
         };
@@ -461,7 +461,14 @@ fn folder_to_sqlite_to_subscriber_with_valid_messages_and_commands() {
             "images stay on the device by default"
         );
         assert_eq!(v["image"]["stored"], true);
+        // File names (often patient names) stay on the device: the message says the id.
+        assert_eq!(v["result"]["image"], v["id"], "{}", v["result"]["image"]);
     }
+    assert_eq!(
+        site.log().matches("plain TCP").count(),
+        1,
+        "a broker without TLS is accepted only on purpose, and said once"
+    );
     assert_delivered_in_order(&site.stored_ids(), &sub.result_ids("t/dev1"));
 
     // Commands over MQTT: bad JSON, names, oversized bodies and a capture without a camera all

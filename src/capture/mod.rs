@@ -14,6 +14,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+// The errno values the error hints tell apart. ENOSYS is what an ioctl gives on a file that
+// is not a V4L2 device under QEMU user mode (which does not forward ioctls it does not know)
+// instead of ENOTTY.
+use libc::{EBUSY, EIO, ENODEV, ENOSPC, ENOSYS, ENOTTY, ENXIO};
 use v4l::buffer::{Flags as BufferFlags, Metadata, Type as BufferType};
 use v4l::capability::Flags as CapabilityFlags;
 use v4l::format::Description as FormatDescription;
@@ -50,17 +54,6 @@ const FOURCC_YUYV: [u8; 4] = *b"YUYV";
 const FOURCC_UYVY: [u8; 4] = *b"UYVY";
 /// V4L2_PIX_FMT_RGB24: bytes R G B per pixel (`BGR3` is the other order, not read here).
 const FOURCC_RGB3: [u8; 4] = *b"RGB3";
-
-// Linux errno values (identical on x86 and arm); std names only some of them.
-const EIO: i32 = 5;
-const ENXIO: i32 = 6;
-const EBUSY: i32 = 16;
-const ENODEV: i32 = 19;
-const ENOTTY: i32 = 25;
-const ENOSPC: i32 = 28;
-/// What an ioctl gives on a file that is not a V4L2 device under QEMU user mode (which does
-/// not forward ioctls it does not know) instead of ENOTTY.
-const ENOSYS: i32 = 38;
 
 /// `[camera]` section of the daemon's TOML config. Every key optional.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]

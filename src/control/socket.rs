@@ -5,7 +5,7 @@
 //! may name a local file to analyze.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -41,20 +41,32 @@ impl Request {
     }
 }
 
+/// How long a client has to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Listen at `path`, refusing to take over a socket another daemon answers on.
 pub fn bind(path: &Path) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir)
             .map_err(|e| format!("socket: {}: cannot create the folder ({e})", dir.display()))?;
     }
-    // A socket left by a killed daemon: nobody answers on it, so it can go.
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "socket: {}: another dermaedge is running with this socket; stop it or set another path",
-            path.display()
-        ));
+    // A socket left by a killed daemon: nobody answers on it, so it can go. Anything else at
+    // the path (a file, a folder, a link) is not ours to delete.
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "socket: {}: something that is not a socket is in the way; move it or set another `socket` path",
+                path.display()
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "socket: {}: another dermaedge is running with this socket; stop it or set another path",
+                path.display()
+            ));
+        }
+        let _ = fs::remove_file(path);
     }
-    let _ = fs::remove_file(path);
     let listener = UnixListener::bind(path)
         .map_err(|e| format!("socket: {}: cannot listen ({e})", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
@@ -84,9 +96,19 @@ pub async fn serve(
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let limit = commands.max_bytes as u64 + 256;
-            let answer = match BufReader::new(read.take(limit)).read_line(&mut line).await {
-                Ok(_) => answer_line(&commands, &line).await,
-                Err(e) => Reply::error(format!("cannot read the request ({e})")),
+            let mut reader = BufReader::new(read.take(limit));
+            // A client that connects and says nothing must not hold a task forever.
+            let reading = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line));
+            let answer = match reading.await {
+                Err(_) => Reply::error(format!(
+                    "no request line within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                )),
+                Ok(Err(e)) => Reply::error(format!("cannot read the request ({e})")),
+                Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 >= limit => {
+                    Reply::error(format!("the request is over {limit} bytes"))
+                }
+                Ok(Ok(_)) => answer_line(&commands, &line).await,
             };
             let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
         });
@@ -128,4 +150,27 @@ pub fn request(socket: &Path, request: &Request, wait: Duration) -> Result<Value
         .read_line(&mut line)
         .map_err(|e| format!("{}: no answer ({e})", socket.display()))?;
     serde_json::from_str(&line).map_err(|e| format!("{}: bad answer ({e})", socket.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_replaces_a_dead_socket_but_never_deletes_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        fs::write(&path, b"notes").unwrap();
+        let e = bind(&path).unwrap_err();
+        assert!(e.contains("not a socket"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), b"notes");
+
+        fs::remove_file(&path).unwrap();
+        drop(bind(&path).unwrap()); // a killed daemon's socket file stays behind
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+        let live = bind(&path).unwrap();
+        let e = bind(&path).unwrap_err();
+        assert!(e.contains("another dermaedge"), "{e}");
+        drop(live);
+    }
 }

@@ -70,6 +70,7 @@ async fn serve(config: Arc<Config>, options: RunOptions) -> Result<(), DaemonErr
     let started = Instant::now();
     // Secrets and certificates are read once, here: a bad one stops the start by its key.
     let credentials = mqtt::Credentials::load(&config)?;
+    mqtt::warn_if_insecure(&config);
     crate::model::set_threads(config.threads);
     let outbox = Arc::new(Notify::new());
     let (link_tx, link_rx) = watch::channel(if config.mqtt.host.is_some() {
@@ -272,6 +273,32 @@ mod tests {
             assert!(e.contains(word), "{e}");
         }
         assert!(CaptureRequest::parse(br#"{"file":"/tmp/x.jpg"}"#, true).is_ok());
+    }
+
+    #[test]
+    fn input_files_are_regular_bounded_and_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("a.jpg");
+        fs::write(&ok, vec![7u8; 1000]).unwrap();
+        assert_eq!(read_regular_file(&ok, 1000).unwrap().len(), 1000);
+        let e = read_regular_file(&ok, 999).unwrap_err();
+        assert!(e.contains("analysis.max_file_mb"), "{e}");
+
+        // A link to a device that never ends, a FIFO nobody writes: refused at once.
+        let link = dir.path().join("zero.jpg");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = read_regular_file(&link, 1 << 20).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        let fifo = dir.path().join("fifo.jpg");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = read_regular_file(&fifo, 1 << 20).unwrap_err();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        let e = read_regular_file(dir.path(), 1 << 20).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = read_regular_file(&dir.path().join("gone.jpg"), 1 << 20).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
     }
 
     #[test]

@@ -208,7 +208,7 @@ impl Worker {
             let name = path
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-            let bytes = fs::read(&path);
+            let bytes = read_regular_file(&path, self.max_file_bytes());
             let recorded = match bytes {
                 Ok(bytes) => self
                     .analyze_and_record(
@@ -220,13 +220,7 @@ impl Worker {
                         None,
                     )
                     .map(|_| ()),
-                Err(e) => self.record_failure(
-                    &name,
-                    "folder",
-                    Some(&key),
-                    Trigger::Folder,
-                    format!("cannot read ({e})"),
-                ),
+                Err(e) => self.record_failure(&name, "folder", Some(&key), Trigger::Folder, e),
             };
             let folder = self.folder.as_mut()?;
             match recorded {
@@ -260,7 +254,7 @@ impl Worker {
             let name = file
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-            match fs::read(file) {
+            match read_regular_file(file, self.max_file_bytes()) {
                 Ok(bytes) => self.analyze_and_record(
                     Input::Bytes(bytes),
                     &name,
@@ -269,7 +263,7 @@ impl Worker {
                     trigger,
                     context,
                 ),
-                Err(e) => Err(format!("{}: cannot read ({e})", file.display()).into()),
+                Err(e) => Err(format!("{}: {e}", file.display()).into()),
             }
         } else {
             match self.grab_frame() {
@@ -293,6 +287,10 @@ impl Worker {
                 Reply::error(e)
             }
         }
+    }
+
+    fn max_file_bytes(&self) -> u64 {
+        self.config.analysis.max_file_mb.saturating_mul(1_000_000)
     }
 
     pub(crate) fn grab_frame(&mut self) -> Result<Frame, String> {
@@ -446,11 +444,17 @@ impl Worker {
         context: Option<Value>,
     ) -> Result<Reply, DaemonError> {
         let captured_at = now_rfc3339();
+        let id = uuid::Uuid::now_v7().to_string();
+        // What the message calls the image: file names are often patient names.
+        let label = match &input {
+            Input::Bytes(_) if !self.config.mqtt.include_file_name => id.as_str(),
+            _ => name,
+        };
         let analyzed = match &input {
-            Input::Bytes(bytes) => self.analyzer.analyze_bytes(bytes, name).map(|(_, a)| a),
+            Input::Bytes(bytes) => self.analyzer.analyze_bytes(bytes, label).map(|(_, a)| a),
             Input::Frame(frame) => {
                 self.analyzer
-                    .analyze_frame(&frame.rgb, name, Timings::default())
+                    .analyze_frame(&frame.rgb, label, Timings::default())
             }
         };
         let analysis = match analyzed {
@@ -472,7 +476,6 @@ impl Worker {
             log::debug!("auto capture: no lesion in a dermoscopic view; not stored");
             return Ok(Reply::error("no lesion in view"));
         }
-        let id = uuid::Uuid::now_v7().to_string();
         let image = stored_image(input)?;
         let mut row = CaptureRow {
             id: id.clone(),

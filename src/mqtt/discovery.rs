@@ -105,7 +105,10 @@ mod tests {
 
     #[test]
     fn discovery_topics_are_retained_json() {
-        let mut c = Config::default();
+        let mut c = Config {
+            device_id: "dermaedge".into(),
+            ..Default::default()
+        };
         c.mqtt.home_assistant = true;
         let d = discovery(&c, &Topics::new(&c));
         assert_eq!(d.len(), 6);

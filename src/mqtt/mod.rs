@@ -34,7 +34,7 @@ mod tls;
 mod window;
 
 use discovery::discovery;
-pub use tls::Credentials;
+pub use tls::{warn_if_insecure, Credentials};
 use window::PubackWindow;
 
 /// The topics of one device.

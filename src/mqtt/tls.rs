@@ -52,6 +52,23 @@ impl Credentials {
     }
 }
 
+/// Once per start: a plain-TCP broker link was accepted (`mqtt.allow_insecure`); say what
+/// travels in clear.
+pub fn warn_if_insecure(config: &Config) {
+    let m = &config.mqtt;
+    if let (Some(host), false) = (&m.host, m.tls) {
+        let password = if m.password_file.is_some() {
+            ", the password too"
+        } else {
+            ""
+        };
+        log::warn!(
+            "mqtt: plain TCP to {host}:{} (mqtt.allow_insecure = true): results with their context and commands travel unencrypted{password}",
+            m.port
+        );
+    }
+}
+
 /// The username and its password, if a username is configured. Without a password file the
 /// password is empty; line ends after the password are dropped (files written with `echo`).
 fn credentials(config: &Config) -> Result<Option<(String, String)>, String> {

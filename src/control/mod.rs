@@ -243,7 +243,7 @@ impl Commands {
         }
         match name {
             "capture" => self.capture(body, local).await,
-            "status" => self.status(),
+            "status" => self.status().await,
             other => Reply::error(format!("unknown command {other:?}; known: capture, status")),
         }
     }
@@ -279,12 +279,17 @@ impl Commands {
         }
     }
 
-    fn status(&self) -> Reply {
+    async fn status(&self) -> Reply {
         let worker = self.status.lock().map(|s| s.clone()).unwrap_or_default();
-        let counts = Store::open_read_only(&self.database).and_then(|s| s.counts());
+        // SQLite counts can wait on a busy database: not on the thread that runs MQTT.
+        let database = self.database.clone();
+        let counts = tokio::task::spawn_blocking(move || {
+            Store::open_read_only(&database).and_then(|s| s.counts())
+        })
+        .await;
         let (captures, results, undelivered) = match counts {
-            Ok((c, r, u)) => (Some(c), Some(r), Some(u)),
-            Err(_) => (None, None, None),
+            Ok(Ok((c, r, u))) => (Some(c), Some(r), Some(u)),
+            _ => (None, None, None),
         };
         Reply {
             ok: true,

@@ -108,11 +108,47 @@ impl Ended {
     }
 }
 
+/// The connection ends with the session: its event loop task goes with it.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// Run the event loop in a task of its own and hand its events over a channel. rumqttc's
+/// `EventLoop::poll` is not cancel-safe: read in rumqttc 0.25, `EventLoop::select` takes a
+/// request off the queue, records it as sent (`handle_outgoing_packet`: the publish gets its
+/// packet id and its `Outgoing::Publish` event) and only then awaits the socket write. Polled
+/// inside the session's `select!`, a result or a wake-up that won the race would drop that
+/// future with the publish neither written nor requeued: lost until the next reconnect. A
+/// channel's `recv` is cancel-safe, so nothing is lost to the other branches any more.
+fn pump(
+    mut events: EventLoop,
+) -> (
+    mpsc::Receiver<Result<Event, ConnectionError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let event = events.poll().await;
+            // The first error ends the connection: the session reconnects with a fresh client.
+            let failed = event.is_err();
+            if tx.send(event).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
 /// One connection: a fresh client and event loop (clean session), the PUBACK window that goes
 /// with them, and the channel on which spawned commands hand back their answers.
 struct Connection {
     client: AsyncClient,
-    events: EventLoop,
+    /// The event loop's events, from its own task (see [`pump`]).
+    events: mpsc::Receiver<Result<Event, ConnectionError>>,
+    pump: tokio::task::JoinHandle<()>,
     sent: PubackWindow,
     reply_tx: mpsc::Sender<(String, String)>,
     replies: mpsc::Receiver<(String, String)>,
@@ -121,9 +157,11 @@ struct Connection {
 impl Connection {
     fn new(client: AsyncClient, events: EventLoop) -> Connection {
         let (reply_tx, replies) = mpsc::channel(16);
+        let (events, pump) = pump(events);
         Connection {
             client,
             events,
+            pump,
             sent: PubackWindow::default(),
             reply_tx,
             replies,
@@ -346,7 +384,7 @@ impl Publisher {
                 "mqtt: stopping with {unacknowledged} results unacknowledged; they are sent after the next start"
             );
         }
-        self.say_offline(&conn.client, &mut conn.events).await;
+        self.say_offline(conn).await;
         true
     }
 
@@ -354,7 +392,10 @@ impl Publisher {
     /// answer, the shutdown (and, while stopping, a tick to check the deadline).
     async fn next_event(&mut self, conn: &mut Connection) -> ControlFlow<Ended> {
         tokio::select! {
-            event = conn.events.poll() => return self.on_event(conn, event),
+            event = conn.events.recv() => return match event {
+                Some(event) => self.on_event(conn, event),
+                None => ControlFlow::Break(Ended::lost(true, "the MQTT event loop stopped")),
+            },
             _ = self.outbox.notified() => {}
             Some((topic, body)) = conn.replies.recv() => {
                 conn.publish(topic, body, false, None);
@@ -424,18 +465,19 @@ impl Publisher {
         });
     }
 
-    async fn say_offline(&mut self, client: &AsyncClient, events: &mut EventLoop) {
+    async fn say_offline(&mut self, conn: &mut Connection) {
         let _ = self.link.send(Link::Connecting);
-        if client
+        if conn
+            .client
             .try_publish(&self.topics.status, QoS::AtLeastOnce, true, "offline")
             .is_ok()
         {
-            let _ = client.try_disconnect();
+            let _ = conn.client.try_disconnect();
             // Let the offline message and the disconnect go out; give up after 2 s.
             let _ = timeout(Duration::from_secs(2), async {
                 loop {
-                    match events.poll().await {
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    match conn.events.recv().await {
+                        Some(Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) | None => break,
                         _ => {}
                     }
                 }

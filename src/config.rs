@@ -100,6 +100,9 @@ pub struct Storage {
     pub max_image_age_days: u64,
     /// Delete the oldest saved images beyond this total size (results stay); 0: no limit.
     pub max_image_mb: u64,
+    /// Images younger than this many hours are never deleted by `max_image_mb` (a flood of
+    /// captures cannot wipe the images of the patients just seen); 0: no floor.
+    pub min_image_age_hours: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -137,6 +140,8 @@ pub struct Mqtt {
     pub window: usize,
     /// Command payloads larger than this are refused.
     pub max_command_bytes: usize,
+    /// Captures triggered over MQTT, at most, in any minute; more are refused with a reply.
+    pub max_captures_per_minute: usize,
 }
 
 impl Default for Config {
@@ -202,6 +207,7 @@ impl Default for Storage {
             keep_images: true,
             max_image_age_days: 365,
             max_image_mb: 2048,
+            min_image_age_hours: 24,
         }
     }
 }
@@ -227,6 +233,7 @@ impl Default for Mqtt {
             discovery_prefix: "homeassistant".into(),
             window: 32,
             max_command_bytes: 4096,
+            max_captures_per_minute: 12,
         }
     }
 }
@@ -315,6 +322,12 @@ impl Config {
         }
         check_range("threads", self.threads as f64, 1.0, 64.0)?;
         check_range("queue", self.queue as f64, 1.0, 1024.0)?;
+        check_range(
+            "storage.min_image_age_hours",
+            self.storage.min_image_age_hours as f64,
+            0.0,
+            8760.0,
+        )?;
         if self.state_dir.as_os_str().is_empty() {
             return Err("state_dir: must not be empty".into());
         }
@@ -399,6 +412,12 @@ impl Config {
         }
         check_range("mqtt.keep_alive_s", m.keep_alive_s as f64, 5.0, 3600.0)?;
         check_range("mqtt.window", m.window as f64, 1.0, 1000.0)?;
+        check_range(
+            "mqtt.max_captures_per_minute",
+            m.max_captures_per_minute as f64,
+            1.0,
+            600.0,
+        )?;
         check_range(
             "mqtt.max_command_bytes",
             m.max_command_bytes as f64,

@@ -385,10 +385,14 @@ impl Store {
 
     /// Delete saved images older than `max_age` and then the oldest beyond `max_bytes` in
     /// total; the results stay. Returns how many captures lost their images.
+    ///
+    /// Images captured less than `floor` ago are never deleted, whatever the size limit: a
+    /// flood of captures must not wipe the images of the patients seen just before it.
     pub fn apply_retention(
         &mut self,
         max_age: Option<Duration>,
         max_bytes: Option<u64>,
+        floor: Duration,
     ) -> Result<usize, StoreError> {
         let mut doomed: Vec<(i64, Option<String>, Option<String>)> = Vec::new();
         let rows = {
@@ -415,6 +419,7 @@ impl Store {
             rows
         };
         let cutoff = max_age.and_then(|a| SystemTime::now().checked_sub(a));
+        let young_since = SystemTime::now().checked_sub(floor);
         let mut kept: u64 = 0;
         // Newest first: keep while within both limits, the rest go.
         for (seq, at, image, mask, bytes) in rows {
@@ -423,7 +428,11 @@ impl Store {
                 _ => false,
             };
             let over = max_bytes.is_some_and(|m| kept + bytes as u64 > m);
-            if too_old || over {
+            let young = match (young_since, humantime::parse_rfc3339(&at)) {
+                (Some(y), Ok(t)) => t >= y,
+                _ => false,
+            };
+            if (too_old || over) && !young {
                 doomed.push((seq, image, mask));
             } else {
                 kept += bytes as u64;
@@ -583,10 +592,23 @@ mod tests {
             fs::metadata(&f).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        // Under the floor (captured just now) nothing goes, whatever the size limit.
+        assert_eq!(
+            s.apply_retention(None, Some(2500), Duration::from_secs(3600))
+                .unwrap(),
+            0
+        );
+        assert!(f.exists());
         // Keep at most 2,500 bytes: the two newest images stay.
-        assert_eq!(s.apply_retention(None, Some(2500)).unwrap(), 3);
+        assert_eq!(
+            s.apply_retention(None, Some(2500), Duration::ZERO).unwrap(),
+            3
+        );
         assert!(!f.exists() && img.join("c4.jpg").exists() && img.join("c3.jpg").exists());
         assert_eq!(s.counts().unwrap().1, 5);
-        assert_eq!(s.apply_retention(None, Some(2500)).unwrap(), 0);
+        assert_eq!(
+            s.apply_retention(None, Some(2500), Duration::ZERO).unwrap(),
+            0
+        );
     }
 }

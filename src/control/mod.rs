@@ -214,10 +214,47 @@ pub struct WorkerStatus {
     pub last_error: Option<String>,
 }
 
+/// At most `per_minute` events in any 60 s (a sliding window). Pure: the caller passes the
+/// time.
+#[derive(Debug, Clone)]
+pub struct CaptureRate {
+    per_minute: usize,
+    accepted: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl CaptureRate {
+    pub fn new(per_minute: usize) -> CaptureRate {
+        CaptureRate {
+            per_minute,
+            accepted: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Take one now, or say how long until one is free.
+    pub fn take(&mut self, now: std::time::Instant) -> Result<(), std::time::Duration> {
+        const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+        while self
+            .accepted
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+        {
+            self.accepted.pop_front();
+        }
+        if self.accepted.len() < self.per_minute {
+            self.accepted.push_back(now);
+            return Ok(());
+        }
+        let oldest = self.accepted.front().copied().unwrap_or(now);
+        Err(WINDOW.saturating_sub(now.duration_since(oldest)))
+    }
+}
+
 /// Command handling shared by the MQTT and socket front ends.
 #[derive(Clone)]
 pub struct Commands {
     pub(crate) jobs: SyncSender<Job>,
+    /// Remote (MQTT) captures accepted in the last minute: a flood must not fill the disk.
+    pub(crate) remote_captures: Arc<Mutex<CaptureRate>>,
     pub(crate) queue: usize,
     pub(crate) max_bytes: usize,
     pub(crate) status: Arc<Mutex<WorkerStatus>>,
@@ -253,6 +290,21 @@ impl Commands {
             Ok(r) => r,
             Err(e) => return Reply::error(e),
         };
+        if !local {
+            let allowed = self
+                .remote_captures
+                .lock()
+                .map_or(Ok(()), |mut rate| rate.take(std::time::Instant::now()));
+            if let Err(wait) = allowed {
+                return Reply {
+                    request_id: request.request_id,
+                    ..Reply::error(format!(
+                        "too many remote captures (mqtt.max_captures_per_minute); try again in {} s",
+                        wait.as_secs().max(1)
+                    ))
+                };
+            }
+        }
         let request_id = request.request_id.clone();
         let (reply, answer) = oneshot::channel();
         let trigger = if local {
@@ -304,5 +356,26 @@ impl Commands {
             }),
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn remote_captures_are_limited_per_minute() {
+        let t0 = Instant::now();
+        let mut rate = CaptureRate::new(3);
+        for i in 0..3 {
+            assert!(rate.take(t0 + Duration::from_secs(i)).is_ok());
+        }
+        // The fourth within the minute waits until the first is a minute old.
+        let wait = rate.take(t0 + Duration::from_secs(10)).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(50));
+        assert!(rate.take(t0 + Duration::from_secs(60)).is_ok());
+        assert!(rate.take(t0 + Duration::from_secs(60)).is_err());
+        assert!(CaptureRate::new(0).take(t0).is_err());
     }
 }

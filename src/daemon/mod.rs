@@ -158,6 +158,9 @@ async fn start_worker(
         jobs: jobs_tx,
         queue: config.queue,
         max_bytes: config.mqtt.max_command_bytes,
+        remote_captures: Arc::new(Mutex::new(crate::control::CaptureRate::new(
+            config.mqtt.max_captures_per_minute,
+        ))),
         status,
         link,
         database: db,

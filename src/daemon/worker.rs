@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::capture::{Camera, Frame, Reconnect};
 use crate::config::{Config, SourceKind};
 use crate::control::{CaptureRequest, Job, Reply, Trigger, WorkerStatus};
-use crate::pipeline::{Analysis, Analyzer, Reason, Timings};
+use crate::pipeline::{Analysis, Analyzer, Reason, Status, Timings};
 use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
 use crate::wire;
 
@@ -402,7 +402,8 @@ impl Worker {
         let age =
             (s.max_image_age_days > 0).then(|| Duration::from_secs(s.max_image_age_days * 86_400));
         let bytes = (s.max_image_mb > 0).then(|| s.max_image_mb * 1_048_576);
-        match self.store.apply_retention(age, bytes) {
+        let floor = Duration::from_secs(s.min_image_age_hours.saturating_mul(3600));
+        match self.store.apply_retention(age, bytes, floor) {
             Ok(0) => {}
             Ok(n) => log::info!("retention: deleted the images of {n} captures (results kept)"),
             Err(e) => log::error!("retention: {e}"),
@@ -486,7 +487,10 @@ impl Worker {
             context: context.as_ref().map(Value::to_string),
             ..Default::default()
         };
-        if self.config.storage.keep_images {
+        // A frame refused by the gate is kept for staff who took it on the device, not for a
+        // remote trigger: a flood of bad frames must not fill the disk.
+        let refused_remote = trigger == Trigger::Mqtt && analysis.status == Status::Recapture;
+        if self.config.storage.keep_images && !refused_remote {
             self.save_files(&mut row, &image, &analysis.mask, name);
         }
         let result = self.result_row(&row, &image, context.as_ref(), trigger, &analysis);

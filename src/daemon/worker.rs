@@ -18,6 +18,7 @@ use crate::config::{Config, SourceKind};
 use crate::control::{CaptureRequest, Job, Reply, Trigger, WorkerStatus};
 use crate::pipeline::{Analysis, Analyzer, Reason, Status, Timings};
 use crate::store::{now_rfc3339, CaptureRow, ResultRow, Store};
+use crate::vision;
 use crate::wire;
 
 use super::folder::*;
@@ -451,12 +452,16 @@ impl Worker {
             Input::Bytes(_) if !self.config.mqtt.include_file_name => id.as_str(),
             _ => name,
         };
-        let analyzed = match &input {
-            Input::Bytes(bytes) => self.analyzer.analyze_bytes(bytes, label).map(|(_, a)| a),
-            Input::Frame(frame) => {
+        let (decoded, analyzed) = match &input {
+            Input::Bytes(bytes) => match self.analyzer.analyze_bytes(bytes, label) {
+                Ok((frame, a)) => (Some(frame), Ok(a)),
+                Err(e) => (None, Err(e)),
+            },
+            Input::Frame(frame) => (
+                None,
                 self.analyzer
-                    .analyze_frame(&frame.rgb, label, Timings::default())
-            }
+                    .analyze_frame(&frame.rgb, label, Timings::default()),
+            ),
         };
         let analysis = match analyzed {
             Ok(a) => a,
@@ -477,7 +482,7 @@ impl Worker {
             log::debug!("auto capture: no lesion in a dermoscopic view; not stored");
             return Ok(Reply::error("no lesion in view"));
         }
-        let image = stored_image(input)?;
+        let image = stored_image(input, decoded.as_ref())?;
         let mut row = CaptureRow {
             id: id.clone(),
             captured_at,
@@ -579,19 +584,32 @@ struct StoredImage {
     media_type: &'static str,
 }
 
-/// A file is stored as it came; a camera frame as the camera's JPEG (made standalone: cameras
+/// A file is stored without its metadata (EXIF, XMP, text: see `vision::strip_metadata`),
+/// pixels untouched; one that its EXIF turns, or whose structure cannot be walked, as the
+/// decoded frame re-encoded. A camera frame is the camera's JPEG (made standalone: cameras
 /// may leave out the Huffman tables) or, for uncompressed formats, encoded here.
-fn stored_image(input: Input) -> Result<StoredImage, String> {
+fn stored_image(input: Input, decoded: Option<&RgbImage>) -> Result<StoredImage, String> {
     let (bytes, media_type) = match input {
         Input::Bytes(b) => {
             let png = b.starts_with(b"\x89PNG");
-            (b, if png { "image/png" } else { "image/jpeg" })
+            let stripped = (!vision::turned_by_metadata(&b))
+                .then(|| vision::strip_metadata(&b).ok())
+                .flatten();
+            match (stripped, decoded) {
+                (Some(clean), _) => (clean, if png { "image/png" } else { "image/jpeg" }),
+                (None, Some(frame)) => (encode_jpeg(frame)?, "image/jpeg"),
+                (None, None) => return Err("no copy without metadata to store".into()),
+            }
         }
         Input::Frame(f) => match f.jpeg {
-            Some(j) => match crate::capture::jpeg_with_huffman_tables(&j) {
-                Ok(fixed) => (fixed.into_owned(), "image/jpeg"),
-                Err(_) => (j, "image/jpeg"),
-            },
+            Some(j) => {
+                let whole = match crate::capture::jpeg_with_huffman_tables(&j) {
+                    Ok(fixed) => fixed.into_owned(),
+                    Err(_) => j,
+                };
+                let clean = vision::strip_metadata(&whole).unwrap_or(whole);
+                (clean, "image/jpeg")
+            }
             None => (encode_jpeg(&f.rgb)?, "image/jpeg"),
         },
     };

@@ -12,6 +12,7 @@ mod decode;
 pub(crate) mod jpeg;
 mod mask;
 mod measure;
+mod metadata;
 mod preprocess;
 mod quality;
 
@@ -20,6 +21,7 @@ pub use mask::{
     border_contact, fill_holes, frame_mask, largest_component_filled, mask_from_logits, overlay,
 };
 pub use measure::{measure, Measurements};
+pub use metadata::{strip_metadata, turned_by_metadata};
 pub use preprocess::{
     crop, crop_border_box, crop_gray, crop_resize, lesion_box, luma, normalize, prepare,
     prepare_with_border, resize, shades_of_gray, Prepared, Rect,

@@ -226,7 +226,9 @@ impl Store {
                 .open(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
-            fs::rename(&tmp, &path)
+            fs::rename(&tmp, &path)?;
+            // The rename is durable only once the folder's entry is on disk too.
+            fs::File::open(&self.images)?.sync_all()
         };
         write().map_err(|source| {
             let _ = fs::remove_file(&tmp);
@@ -241,6 +243,50 @@ impl Store {
             sha256: sha256_hex(bytes),
             bytes: bytes.len() as u64,
         })
+    }
+
+    /// Remove what a crash leaves in the image folder: `.tmp` files of an unfinished write and
+    /// files no capture names (written, then killed before the row was committed). Run at
+    /// start, before anything is saved. Files are matched by name, so a state directory that
+    /// was moved keeps its images. Returns how many files went.
+    pub fn sweep_leftovers(&self) -> Result<usize, StoreError> {
+        let mut named = std::collections::HashSet::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT image_path, mask_path FROM captures")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                    ))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (image, mask) = row.map_err(|e| self.err(e))?;
+                for p in [image, mask].into_iter().flatten() {
+                    if let Some(name) = Path::new(&p).file_name() {
+                        named.insert(name.to_os_string());
+                    }
+                }
+            }
+        }
+        let Ok(entries) = fs::read_dir(&self.images) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if is_file && !named.contains(&entry.file_name()) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) => log::warn!("{}: cannot remove ({e})", entry.path().display()),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Record a capture, its result and (when there is a result) its outbox row, in one
@@ -592,6 +638,12 @@ mod tests {
             fs::metadata(&f).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        // A crash's leftovers go, the recorded files stay.
+        fs::write(img.join(".c9.jpg.tmp"), b"half").unwrap();
+        fs::write(img.join("orphan.jpg"), b"never recorded").unwrap();
+        assert_eq!(s.sweep_leftovers().unwrap(), 2);
+        assert!(!img.join("orphan.jpg").exists() && f.exists());
+        assert_eq!(s.sweep_leftovers().unwrap(), 0);
         // Under the floor (captured just now) nothing goes, whatever the size limit.
         assert_eq!(
             s.apply_retention(None, Some(2500), Duration::from_secs(3600))

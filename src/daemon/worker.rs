@@ -127,6 +127,11 @@ impl Worker {
     pub(crate) fn start(&mut self) -> Result<String, DaemonError> {
         let c = self.config.clone();
         let (captures, results, pending) = self.store.counts()?;
+        match self.store.sweep_leftovers() {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} leftover image files of an earlier crash"),
+            Err(e) => log::warn!("cannot sweep the image folder: {e}"),
+        }
         let mut parts = vec![format!(
             "models {} + {} ({})",
             self.analyzer.segmenter.manifest.name,

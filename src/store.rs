@@ -50,6 +50,8 @@ const MIGRATIONS: &[&str] = &[
         delivered_at TEXT
     );
     CREATE INDEX outbox_pending ON outbox(seq) WHERE delivered_at IS NULL;",
+    // 2: whether the clock was synchronised at capture (NULL: not known, rows before 0.2).
+    "ALTER TABLE captures ADD COLUMN clock_synced INTEGER;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,9 @@ pub struct CaptureRow {
     pub mask: Option<SavedFile>,
     /// Why the input could not be analyzed (no result then).
     pub error: Option<String>,
+    /// Whether the clock was synchronised when `captured_at` was taken (None: not known).
+    /// Age retention trusts only times from a synchronised clock.
+    pub clock_synced: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -303,8 +308,8 @@ impl Store {
             c.image.as_ref().map_or(0, |f| f.bytes) + c.mask.as_ref().map_or(0, |f| f.bytes);
         tx.execute(
             "INSERT INTO captures (id, captured_at, source, source_key, trigger, context,
-                image_path, image_sha256, mask_path, mask_sha256, image_bytes, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                image_path, image_sha256, mask_path, mask_sha256, image_bytes, error, clock_synced)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 c.id,
                 c.captured_at,
@@ -318,6 +323,7 @@ impl Store {
                 c.mask.as_ref().map(|f| f.sha256.clone()),
                 image_bytes as i64,
                 c.error,
+                c.clock_synced,
             ],
         )
         .map_err(e)?;
@@ -445,7 +451,8 @@ impl Store {
             let mut stmt = self
                 .conn
                 .prepare(
-                    "SELECT seq, captured_at, image_path, mask_path, image_bytes FROM captures
+                    "SELECT seq, captured_at, image_path, mask_path, image_bytes, clock_synced
+                     FROM captures
                      WHERE images_deleted_at IS NULL AND image_bytes > 0 ORDER BY seq DESC",
                 )
                 .map_err(|e| self.err(e))?;
@@ -457,6 +464,7 @@ impl Store {
                         r.get::<_, Option<String>>(2)?,
                         r.get::<_, Option<String>>(3)?,
                         r.get::<_, i64>(4)?,
+                        r.get::<_, Option<bool>>(5)?,
                     ))
                 })
                 .map_err(|e| self.err(e))?
@@ -468,9 +476,10 @@ impl Store {
         let young_since = SystemTime::now().checked_sub(floor);
         let mut kept: u64 = 0;
         // Newest first: keep while within both limits, the rest go.
-        for (seq, at, image, mask, bytes) in rows {
+        for (seq, at, image, mask, bytes, clock_synced) in rows {
+            // A time taken before the clock was set says nothing about the image's age.
             let too_old = match (cutoff, humantime::parse_rfc3339(&at)) {
-                (Some(c), Ok(t)) => t < c,
+                (Some(c), Ok(t)) => t < c && clock_synced != Some(false),
                 _ => false,
             };
             let over = max_bytes.is_some_and(|m| kept + bytes as u64 > m);
@@ -617,6 +626,31 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("newer") && e.contains("d.db"), "{e}");
+    }
+
+    #[test]
+    fn age_retention_trusts_only_a_synchronised_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        let mut s = Store::open(&dir.path().join("d.db"), &img).unwrap();
+        for (id, synced) in [
+            ("set", Some(true)),
+            ("unset", Some(false)),
+            ("unknown", None),
+        ] {
+            let mut r = row(id, None);
+            r.captured_at = "2020-01-01T00:00:00.000Z".into();
+            r.clock_synced = synced;
+            r.image = Some(s.save_file(&format!("{id}.jpg"), b"pixels").unwrap());
+            s.record(&r, Some(&result("{}"))).unwrap();
+        }
+        let day = Duration::from_secs(86_400);
+        // The image dated by an unset clock stays; the others are years old and go.
+        assert_eq!(
+            s.apply_retention(Some(day), None, Duration::ZERO).unwrap(),
+            2
+        );
+        assert!(img.join("unset.jpg").exists() && !img.join("set.jpg").exists());
     }
 
     #[test]

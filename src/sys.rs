@@ -1,5 +1,6 @@
-//! What the crate asks of the operating system beyond std: the process's peak memory and
-//! handing freed heap back. The only `unsafe` in the crate is here.
+//! What the crate asks of the operating system beyond std: the process's peak memory, handing
+//! freed heap back, and whether the clock is synchronised. The only `unsafe` in the crate is
+//! here.
 #![allow(unsafe_code)]
 
 /// Peak resident set size of this process (VmHWM), in MB.
@@ -24,5 +25,25 @@ pub fn release_free_memory() {
     // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Whether the kernel says the system clock is synchronised (NTP or the like): a Pi without a
+/// real-time clock boots at the time it last shut down, and its first NTP sync jumps the
+/// clock. None where the kernel cannot tell (not Linux with glibc, or the call failed).
+pub fn clock_synchronized() -> Option<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: a zeroed timex (modes = 0) only reads the kernel's clock state into it.
+        let mut t: libc::timex = unsafe { std::mem::zeroed() };
+        let state = unsafe { libc::adjtimex(&mut t) };
+        if state < 0 {
+            return None;
+        }
+        Some(state != libc::TIME_ERROR && t.status & libc::STA_UNSYNC == 0)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
     }
 }

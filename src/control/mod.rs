@@ -52,6 +52,9 @@ pub struct StatusReport {
     pub version: &'static str,
     pub worker: WorkerStatus,
     pub mqtt: Link,
+    /// Whether the kernel says the clock is synchronised (null: it cannot tell). Until it is,
+    /// capture times are only as good as the clock, and age retention leaves those images.
+    pub clock_synchronized: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub captures: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,6 +353,7 @@ impl Commands {
                 version: env!("CARGO_PKG_VERSION"),
                 worker,
                 mqtt: *self.link.borrow(),
+                clock_synchronized: crate::sys::clock_synchronized(),
                 captures,
                 results,
                 undelivered,

@@ -431,6 +431,7 @@ impl Worker {
             source: source.into(),
             source_key: key.map(Into::into),
             trigger: wire::name(&trigger),
+            clock_synced: crate::sys::clock_synchronized(),
             error: Some(error),
             ..Default::default()
         };
@@ -494,6 +495,7 @@ impl Worker {
             source: source.into(),
             source_key: key.map(Into::into),
             trigger: wire::name(&trigger),
+            clock_synced: crate::sys::clock_synchronized(),
             context: context.as_ref().map(Value::to_string),
             ..Default::default()
         };

@@ -83,6 +83,9 @@ pub struct AnalysisSettings {
     pub max_pixels: u64,
     /// Files (watched folder, `capture --file`) larger than this are refused unread.
     pub max_file_mb: u64,
+    /// The decoder's buffer at most (width x height x bytes per pixel), checked before it is
+    /// allocated: a 50 MP 16-bit RGBA PNG would take 400 MB.
+    pub max_decoded_mb: u64,
     /// Size of one image pixel on the skin, for areas in mm².
     pub pixel_pitch_um: Option<f64>,
     pub min_sharpness: f32,
@@ -192,6 +195,7 @@ impl Default for AnalysisSettings {
             tta: d.tta,
             max_pixels: d.limits.max_pixels,
             max_file_mb: 64,
+            max_decoded_mb: d.limits.max_decoded_bytes >> 20,
             pixel_pitch_um: None,
             min_sharpness: d.min_sharpness,
             min_mean_luma: d.min_mean_luma,
@@ -363,6 +367,12 @@ impl Config {
         let an = &self.analysis;
         check_range("analysis.max_pixels", an.max_pixels as f64, 1024.0, 1e9)?;
         check_range("analysis.max_file_mb", an.max_file_mb as f64, 1.0, 1024.0)?;
+        check_range(
+            "analysis.max_decoded_mb",
+            an.max_decoded_mb as f64,
+            16.0,
+            4096.0,
+        )?;
         if let Some(p) = an.pixel_pitch_um {
             check_range("analysis.pixel_pitch_um", p, 0.01, 1000.0)?;
         }
@@ -457,6 +467,7 @@ impl Config {
         AnalysisConfig {
             limits: DecodeLimits {
                 max_pixels: a.max_pixels,
+                max_decoded_bytes: a.max_decoded_mb << 20,
                 ..Default::default()
             },
             min_mean_luma: a.min_mean_luma,

@@ -59,6 +59,27 @@ fn decompression_bomb_is_refused_before_decoding() {
     );
 }
 
+/// Pixels are not the whole cost: a 16-bit RGBA image takes 8 bytes per pixel to decode. The
+/// byte limit refuses it before the decoder allocates, naming the size and the key.
+#[test]
+fn deep_images_are_refused_by_their_decoded_size() {
+    let deep: ImageBuffer<Rgba<u16>, Vec<u16>> = ImageBuffer::new(1024, 1024);
+    let bytes = png(DynamicImage::ImageRgba16(deep));
+    let limits = DecodeLimits {
+        max_decoded_bytes: 4 << 20,
+        ..Default::default()
+    };
+    let err = decode(&bytes, limits).unwrap_err();
+    assert!(matches!(err, DecodeError::TooManyBytes { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "image is 1024x1024 at 8 bytes per pixel: 8 MB to decode, over the limit of 4 MB (analysis.max_decoded_mb)"
+    );
+    // The same pixels at 8-bit RGB fit.
+    let small = png(RgbImage::new(1024, 1024));
+    assert!(decode(&small, limits).is_ok());
+}
+
 #[test]
 fn grayscale_16_bit_and_rgba_become_rgb() {
     let gray = GrayImage::from_pixel(40, 40, Luma([90]));
@@ -137,6 +158,7 @@ fn mutated_files_never_panic() {
         let limits = DecodeLimits {
             max_pixels: 4_000_000,
             min_side: 32,
+            ..Default::default()
         };
         let _ = decode(&bytes, limits);
     }

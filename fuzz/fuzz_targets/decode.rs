@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = DecodeLimits {
         max_pixels: 4_000_000,
         min_side: 32,
+        ..Default::default()
     };
     if let Ok(img) = decode(data, limits) {
         assert!(img.width() >= 32 && img.height() >= 32);

@@ -22,12 +22,25 @@ pub enum DecodeError {
     TooLarge { width: u32, height: u32, limit: u64 },
     #[error("image is {width}x{height}, smaller than the minimum {min}x{min}")]
     TooSmall { width: u32, height: u32, min: u32 },
+    #[error(
+        "image is {width}x{height} at {bytes_per_pixel} bytes per pixel: {mb} MB to decode, over the limit of {limit_mb} MB (analysis.max_decoded_mb)"
+    )]
+    TooManyBytes {
+        width: u32,
+        height: u32,
+        bytes_per_pixel: u64,
+        mb: u64,
+        limit_mb: u64,
+    },
 }
 
 /// Decoding limits (the config's decompression-bomb guard).
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     pub max_pixels: u64,
+    /// The decoder's own buffer at most (pixels x bytes per pixel: a 16-bit RGBA image takes
+    /// 8 per pixel), checked before it is allocated.
+    pub max_decoded_bytes: u64,
     pub min_side: u32,
 }
 
@@ -35,6 +48,7 @@ impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits {
             max_pixels: 50_000_000,
+            max_decoded_bytes: 256 << 20,
             min_side: 32,
         }
     }
@@ -61,6 +75,17 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeErro
             width,
             height,
             limit: limits.max_pixels,
+        });
+    }
+    let decoded = decoder.total_bytes();
+    if decoded > limits.max_decoded_bytes {
+        let pixels = (u64::from(width) * u64::from(height)).max(1);
+        return Err(DecodeError::TooManyBytes {
+            width,
+            height,
+            bytes_per_pixel: decoded / pixels,
+            mb: decoded >> 20,
+            limit_mb: limits.max_decoded_bytes >> 20,
         });
     }
     if width < limits.min_side || height < limits.min_side {

@@ -163,9 +163,18 @@ struct Subscriber {
 
 impl Subscriber {
     fn start(port: u16, filters: &[&str]) -> Subscriber {
+        Subscriber::start_as(port, filters, None)
+    }
+
+    /// Logged in as `login` (user, password) on a broker that wants one.
+    fn start_as(port: u16, filters: &[&str], login: Option<(&str, &str)>) -> Subscriber {
         let got = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let mut o = MqttOptions::new(format!("test-sub-{port}"), "127.0.0.1", port);
+        let user = login.map_or("", |(u, _)| u);
+        let mut o = MqttOptions::new(format!("test-sub-{port}{user}"), "127.0.0.1", port);
+        if let Some((u, p)) = login {
+            o.set_credentials(u, p);
+        }
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_max_packet_size(1 << 24, 1 << 24);
@@ -1006,4 +1015,110 @@ fn triggers_beyond_the_queue_are_answered_busy() {
     assert_eq!(site.counts().1, done as i64);
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, secs(30)).success());
+}
+
+/// docs/mosquitto.acl on a real mosquitto with passwords: the device (username = its
+/// device_id) delivers its results and answers commands; a dashboard reads the results but its
+/// commands never reach the device; an operator's commands are answered.
+#[test]
+fn mosquitto_acl_lets_dashboards_read_and_only_operators_command() {
+    let site = Site::new();
+    let d = site.dir.path().join("acl");
+    fs::create_dir_all(&d).unwrap();
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "set -e; touch passwd; mosquitto_passwd -b passwd dev1 d-pass; \
+             mosquitto_passwd -b passwd dashboard b-pass; mosquitto_passwd -b passwd operator o-pass; \
+             printf 'd-pass\\n' > device-password; chmod 644 passwd",
+        )
+        .current_dir(&d)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mosquitto_passwd failed");
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/mosquitto.acl"),
+        d.join("acl"),
+    )
+    .unwrap();
+    let port = free_port();
+    let conf = d.join("mosquitto.conf");
+    fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {p}/passwd\nacl_file {p}/acl\n",
+            p = d.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new(mosquitto_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the broker", secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    let dashboard = Subscriber::start_as(port, &["dermaedge/#"], Some(("dashboard", "b-pass")));
+    let operator = Subscriber::start_as(
+        port,
+        &["dermaedge/+/cmd/+/reply"],
+        Some(("operator", "o-pass")),
+    );
+    let n = site.add_samples(1, "a") as i64;
+    let extra = format!(
+        "username = \"dev1\"\npassword_file = \"{}/device-password\"\n",
+        d.display()
+    );
+    let config = site.config(Some(port), &extra);
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("prefix = \"t\"", "prefix = \"dermaedge\"");
+    fs::write(&config, text).unwrap();
+    let mut daemon = site.spawn(&config, false);
+    wait_until("results read by the dashboard", secs(60), || {
+        site.counts() == (n, n, 0) && dashboard.result_ids("dermaedge/dev1").len() as i64 >= n
+    });
+
+    // Both send a capture (no camera: answered with an error that echoes the request id).
+    let capture = |who: &Subscriber, id: &str| {
+        who.client
+            .try_publish(
+                "dermaedge/dev1/cmd/capture",
+                QoS::AtLeastOnce,
+                false,
+                format!("{{\"request_id\":\"{id}\"}}"),
+            )
+            .unwrap();
+    };
+    let replies_to = |who: &Subscriber, id: &str| {
+        who.on("dermaedge/dev1/cmd/capture/reply")
+            .iter()
+            .filter(|r| String::from_utf8_lossy(r).contains(id))
+            .count()
+    };
+    capture(&dashboard, "from-dashboard");
+    thread::sleep(Duration::from_millis(300));
+    capture(&operator, "from-operator");
+    wait_until("the operator's reply", secs(30), || {
+        replies_to(&operator, "from-operator") == 1
+    });
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        replies_to(&dashboard, "from-operator"),
+        1,
+        "dashboards read replies"
+    );
+    assert_eq!(
+        replies_to(&dashboard, "from-dashboard") + replies_to(&operator, "from-dashboard"),
+        0,
+        "a dashboard's command must never reach the device"
+    );
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, secs(30)).success());
+    let _ = broker.kill();
+    let _ = broker.wait();
 }

@@ -888,6 +888,23 @@ fn full_disk_loses_nothing_and_catches_up() {
     assert_eq!(&ids[..first_ids.len()], &first_ids[..]);
 }
 
+/// A mosquitto on its own config (TLS, passwords, ACL), listening on `port`; the site stops
+/// it even when the test fails.
+fn spawn_broker(site: &Site, conf: &Path, port: u16) -> Child {
+    let broker = Command::new(mosquitto_bin())
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    site.started.borrow_mut().push(broker.id());
+    wait_until("the broker to listen", secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    broker
+}
+
 /// TLS (rustls + ring) with the broker's CA, a client certificate and a username/password read
 /// from a file: every result is acknowledged by a broker that requires all three. A wrong
 /// password is refused by the broker and nothing is marked delivered.
@@ -930,17 +947,7 @@ chmod 644 *.key passwd
         ),
     )
     .unwrap();
-    let mut broker = Command::new(mosquitto_bin())
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    site.started.borrow_mut().push(broker.id());
-    wait_until("the TLS broker", secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let mut broker = spawn_broker(&site, &conf, port);
     let tls = |password: &str| {
         format!(
             "tls = true\nusername = \"clinic\"\npassword_file = \"{p}/{password}\"\nca_file = \"{p}/ca.pem\"\nclient_cert_file = \"{p}/client.pem\"\nclient_key_file = \"{p}/client.key\"\n",
@@ -1051,16 +1058,7 @@ fn mosquitto_acl_lets_dashboards_read_and_only_operators_command() {
         ),
     )
     .unwrap();
-    let mut broker = Command::new(mosquitto_bin())
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the broker", secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let mut broker = spawn_broker(&site, &conf, port);
 
     let dashboard = Subscriber::start_as(port, &["dermaedge/#"], Some(("dashboard", "b-pass")));
     let operator = Subscriber::start_as(

@@ -4,9 +4,11 @@
 //! transports (the MQTT publisher, the socket in `socket.rs`) only move bytes; the answers are
 //! decided here.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -222,20 +224,20 @@ pub struct WorkerStatus {
 #[derive(Debug, Clone)]
 pub struct CaptureRate {
     per_minute: usize,
-    accepted: std::collections::VecDeque<std::time::Instant>,
+    accepted: VecDeque<Instant>,
 }
 
 impl CaptureRate {
     pub fn new(per_minute: usize) -> CaptureRate {
         CaptureRate {
             per_minute,
-            accepted: std::collections::VecDeque::new(),
+            accepted: VecDeque::new(),
         }
     }
 
     /// Take one now, or say how long until one is free.
-    pub fn take(&mut self, now: std::time::Instant) -> Result<(), std::time::Duration> {
-        const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        const WINDOW: Duration = Duration::from_secs(60);
         while self
             .accepted
             .front()
@@ -297,7 +299,7 @@ impl Commands {
             let allowed = self
                 .remote_captures
                 .lock()
-                .map_or(Ok(()), |mut rate| rate.take(std::time::Instant::now()));
+                .map_or(Ok(()), |mut rate| rate.take(Instant::now()));
             if let Err(wait) = allowed {
                 return Reply {
                     request_id: request.request_id,
@@ -366,7 +368,6 @@ impl Commands {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn remote_captures_are_limited_per_minute() {

@@ -505,7 +505,7 @@ impl Worker {
         if self.config.storage.keep_images && !refused_remote {
             self.save_files(&mut row, &image, &analysis.mask, name);
         }
-        let result = self.result_row(&row, &image, context.as_ref(), trigger, &analysis);
+        let result = self.result_row(&row, &image, context.as_ref(), &analysis);
         if let Err(e) = self.store.record(&row, Some(&result)) {
             // The files have no row: remove them so they do not count against the disk.
             for f in [&row.image, &row.mask].into_iter().flatten() {
@@ -553,19 +553,18 @@ impl Worker {
         row: &CaptureRow,
         image: &StoredImage,
         context: Option<&Value>,
-        trigger: Trigger,
         analysis: &Analysis,
     ) -> ResultRow {
         let image_sha = match &row.image {
             Some(saved) => saved.sha256.clone(),
-            None => crate::wire::sha256_hex(&image.bytes),
+            None => wire::sha256_hex(&image.bytes),
         };
         let message = crate::message::result_message(&crate::message::MessageParts {
             id: &row.id,
             device_id: &self.config.device_id,
             captured_at: &row.captured_at,
             source: &row.source,
-            trigger: &wire::name(&trigger),
+            trigger: &row.trigger,
             context,
             image_sha256: &image_sha,
             media_type: image.media_type,

@@ -2,8 +2,9 @@
 //! completeness check for both decoded files (`vision::decode`) and camera frames
 //! (`capture::mjpeg`), because the JPEG decoder fills a scan cut short with grey rather than
 //! failing, and a frame cut short (a camera unplugged mid-transfer, a file still being
-//! copied) must not be analyzed. It lives here, in the lower layer, so that capture can use it
-//! and vision never depends on capture.
+//! copied) must not be analyzed; the metadata stripper (`metadata.rs`) keeps or drops the
+//! same segments. It lives here, in the lower layer, so that capture can use it and vision
+//! never depends on capture.
 //!
 //! Walking segments rather than searching for marker bytes is what makes it reliable: an EXIF
 //! thumbnail's own SOI ... EOI is APP1 payload and is skipped, so it cannot stand in for a
@@ -22,16 +23,24 @@ const MARKER_SOS: u8 = 0xDA;
 pub(crate) const MARKER_DHT: u8 = 0xC4;
 pub(crate) const TRUNCATED: &str = "JPEG ends before its EOI marker (truncated frame)";
 
-/// Walks the marker segments from SOI to EOI, skipping over scan data.
-pub(crate) fn jpeg_layout(data: &[u8]) -> Result<JpegLayout, String> {
+/// One marker and what belongs to it: `data[start..end]` from its 0xFF (fill bytes included)
+/// to the next marker; for SOS the scan data too.
+pub(crate) struct Segment {
+    pub(crate) marker: u8,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// Walks the marker segments from SOI to EOI (the last one returned), skipping over scan
+/// data. Errors say where the structure breaks.
+pub(crate) fn segments(data: &[u8]) -> Result<Vec<Segment>, String> {
     if !data.starts_with(&[0xFF, MARKER_SOI]) {
         return Err("not a JPEG: no SOI marker at the start".to_string());
     }
+    let mut found = Vec::new();
     let mut pos = 2;
-    let mut first_scan = None;
-    let mut has_huffman_tables = false;
     loop {
-        let marker_start = pos;
+        let start = pos;
         match data.get(pos) {
             Some(0xFF) => {}
             Some(_) => return Err(format!("JPEG: expected a marker at byte {pos}")),
@@ -46,10 +55,24 @@ pub(crate) fn jpeg_layout(data: &[u8]) -> Result<JpegLayout, String> {
         };
         pos += 1;
         match marker {
-            MARKER_EOI => break,
+            MARKER_EOI => {
+                found.push(Segment {
+                    marker,
+                    start,
+                    end: pos,
+                });
+                return Ok(found);
+            }
             // Markers without a length field.
-            0x01 | 0xD0..=0xD7 => continue,
-            MARKER_SOI => return Err(format!("JPEG: second SOI marker at byte {marker_start}")),
+            0x01 | 0xD0..=0xD7 => {
+                found.push(Segment {
+                    marker,
+                    start,
+                    end: pos,
+                });
+                continue;
+            }
+            MARKER_SOI => return Err(format!("JPEG: second SOI marker at byte {start}")),
             _ => {}
         }
         let Some(&[high, low]) = data.get(pos..pos + 2) else {
@@ -58,27 +81,38 @@ pub(crate) fn jpeg_layout(data: &[u8]) -> Result<JpegLayout, String> {
         let length = usize::from(u16::from_be_bytes([high, low]));
         if length < 2 {
             return Err(format!(
-                "JPEG: marker {marker:02X} at byte {marker_start} has invalid length {length}"
+                "JPEG: marker {marker:02X} at byte {start} has invalid length {length}"
             ));
         }
         let segment_end = pos + length;
         if segment_end > data.len() {
             return Err(TRUNCATED.to_string());
         }
-        if marker == MARKER_DHT && first_scan.is_none() {
-            has_huffman_tables = true;
-        }
         pos = if marker == MARKER_SOS {
-            first_scan.get_or_insert(marker_start);
             end_of_scan_data(data, segment_end).ok_or_else(|| TRUNCATED.to_string())?
         } else {
             segment_end
         };
+        found.push(Segment {
+            marker,
+            start,
+            end: pos,
+        });
     }
-    let first_scan = first_scan.ok_or_else(|| "JPEG has no image data (no SOS)".to_string())?;
+}
+
+/// Where the first scan starts and whether Huffman tables come before it.
+pub(crate) fn jpeg_layout(data: &[u8]) -> Result<JpegLayout, String> {
+    let segments = segments(data)?;
+    let first_scan = segments
+        .iter()
+        .position(|s| s.marker == MARKER_SOS)
+        .ok_or_else(|| "JPEG has no image data (no SOS)".to_string())?;
     Ok(JpegLayout {
-        first_scan,
-        has_huffman_tables,
+        first_scan: segments[first_scan].start,
+        has_huffman_tables: segments[..first_scan]
+            .iter()
+            .any(|s| s.marker == MARKER_DHT),
     })
 }
 

@@ -10,6 +10,8 @@ use std::io::Cursor;
 
 use image::{ImageDecoder, ImageReader};
 
+use super::jpeg::segments;
+
 /// `bytes` without the metadata segments (JPEG) or chunks (PNG). Anything else, or a file whose
 /// structure cannot be walked, is an error: the caller then stores a re-encoded frame.
 pub fn strip_metadata(bytes: &[u8]) -> Result<Vec<u8>, String> {
@@ -35,9 +37,9 @@ pub fn turned_by_metadata(bytes: &[u8]) -> bool {
     )
 }
 
-/// JPEG segments kept before the scan: APP0 (JFIF), APP2 (ICC profile), APP14 (Adobe colour
-/// transform) and every non-APP segment (tables, frame header). Dropped: APP1 (EXIF, XMP),
-/// APP3-APP13 and APP15 (vendor data, IPTC), COM (comments).
+/// JPEG segments kept: APP0 (JFIF), APP2 (ICC profile), APP14 (Adobe colour transform) and
+/// every non-APP segment (tables, frame header, scans, EOI). Dropped: APP1 (EXIF, XMP),
+/// APP3-APP13 and APP15 (vendor data, IPTC), COM (comments), and anything after EOI.
 fn keep_jpeg_segment(marker: u8) -> bool {
     match marker {
         0xE0 | 0xE2 | 0xEE => true,
@@ -49,42 +51,12 @@ fn keep_jpeg_segment(marker: u8) -> bool {
 fn strip_jpeg(data: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(data.len());
     out.extend_from_slice(&data[..2]);
-    let mut pos = 2;
-    loop {
-        if data.get(pos) != Some(&0xFF) {
-            return Err(format!("JPEG: expected a marker at byte {pos}"));
+    for s in segments(data)? {
+        if keep_jpeg_segment(s.marker) {
+            out.extend_from_slice(&data[s.start..s.end]);
         }
-        let marker_start = pos;
-        while data.get(pos) == Some(&0xFF) {
-            pos += 1;
-        }
-        let &marker = data.get(pos).ok_or("JPEG: ends inside a marker")?;
-        pos += 1;
-        if marker == 0xD9 || (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
-            out.extend_from_slice(&data[marker_start..pos]);
-            if marker == 0xD9 {
-                return Ok(out);
-            }
-            continue;
-        }
-        let len = data
-            .get(pos..pos + 2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-            .ok_or("JPEG: ends inside a segment length")?;
-        let end = pos + len;
-        if len < 2 || end > data.len() {
-            return Err(format!("JPEG: bad segment length at byte {pos}"));
-        }
-        if marker == 0xDA {
-            // From the first scan on: tables and scans only, copied as they are.
-            out.extend_from_slice(&data[marker_start..]);
-            return Ok(out);
-        }
-        if keep_jpeg_segment(marker) {
-            out.extend_from_slice(&data[marker_start..end]);
-        }
-        pos = end;
     }
+    Ok(out)
 }
 
 /// PNG chunks dropped: text (tEXt, zTXt, iTXt), EXIF (eXIf) and the modification time (tIME).
